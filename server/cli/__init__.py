@@ -1,0 +1,23 @@
+"""The ``studycast`` command line. Each group lives in its own module; this one assembles them."""
+
+from __future__ import annotations
+
+import click
+
+from server.cli.common import settings_options
+from server.cli.db import db
+from server.cli.directory import unit, venue
+from server.cli.roster import roster
+from server.cli.serve import serve
+from server.cli.sessions import session
+from server.cli.users import user
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@settings_options
+def main() -> None:
+    """studycast: live study sessions for many venues and members, with an audited record."""
+
+
+for command in (serve, db, user, roster, unit, venue, session):
+    main.add_command(command)

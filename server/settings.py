@@ -1,0 +1,89 @@
+"""Configuration: ``STUDYCAST_*`` environment variables or a ``.env`` file, with safe defaults."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from attendance.errors import InvalidInput
+
+SECRET_FILE = "secret_key"
+
+
+class Settings(BaseSettings):
+    """Everything an operator may set. Unknown ``STUDYCAST_*`` variables are ignored."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="STUDYCAST_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    host: str = Field("127.0.0.1", description="address the HTTP server listens on")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port (0 picks a free one)")
+    data_dir: Path = Field(Path("data"), description="where the SQLite store, key and files live")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file studycast.db under data_dir"
+    )
+    secret_key: str | None = Field(
+        None, description="signs tokens and cookies; default: generated once under data_dir"
+    )
+    public_base_url: str | None = Field(
+        None, description="URL people open (behind a proxy); default http://HOST:PORT"
+    )
+    login_ttl_hours: float = Field(12.0, gt=0, le=24 * 30)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body accepted")
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret(cls, value: str | None) -> str | None:
+        if value is not None and len(value) < 32:
+            raise ValueError("must be at least 32 characters")
+        return value
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'studycast.db').resolve()}"
+
+    def base_url(self, port: int | None = None) -> str:
+        if self.public_base_url:
+            return self.public_base_url
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        return f"http://{host}:{port if port is not None else self.port}"
+
+    def ensure_data_dir(self) -> Path:
+        try:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"data dir {self.data_dir} cannot be created: {exc}") from exc
+        return self.data_dir
+
+    def resolved_secret_key(self) -> str:
+        """The configured key, else the one stored under the data dir (made on first run)."""
+        if self.secret_key:
+            return self.secret_key
+        path = self.ensure_data_dir() / SECRET_FILE
+        try:
+            key = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            key = ""
+        if len(key) >= 32:
+            return key
+        key = secrets.token_urlsafe(48)
+        # Create with 0600 from the start, so the key is never readable by others.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(key + "\n")
+        return key
