@@ -103,12 +103,13 @@ class LoginOutcome:
 
 async def authenticate(
     db: AsyncSession, username: str, password: str, *, now: datetime, source: str
-) -> User:
+) -> LoginOutcome:
     """Check a username and password inside a write transaction.
 
-    Success stamps ``last_login_at``; every failure counts against the user (if it exists), is
-    written to the admin trail with its reason, and raises ``AuthError`` with the same message
-    whatever the reason, so the answer does not reveal which usernames exist.
+    Success stamps ``last_login_at``; every failure counts against the user (if it exists) and is
+    written to the admin trail with its reason. The caller commits, then raises ``login_refused()``
+    for a failure: one message whatever the reason, so the answer does not reveal which usernames
+    exist.
     """
     user = await db.scalar(select(User).where(User.username == username))
     if user is None:
@@ -127,9 +128,13 @@ async def authenticate(
             db, now=now, actor=f"user:{username}", action="login", target=f"user:{username}",
             detail={"role": user.role.value, "source": source},
         )
-        return user
+        return LoginOutcome(user, "ok")
     await record_admin_event(
         db, now=now, actor=source, action="login_failed", target=f"user:{username[:64]}",
         detail={"reason": reason},
     )
-    raise AuthError("wrong username or password", code="bad_credentials")
+    return LoginOutcome(None, reason)
+
+
+def login_refused() -> AuthError:
+    return AuthError("wrong username or password", code="bad_credentials")
