@@ -23,7 +23,7 @@ _CHAIN_LOCKS = {AttendanceEvent.__tablename__: 0x5354_0001, AdminEvent.__tablena
 
 
 async def _chain_head(db: AsyncSession, model: type[AttendanceEvent] | type[AdminEvent]) -> str:
-    if db.bind.dialect.name == "postgresql":
+    if db.get_bind().dialect.name == "postgresql":
         await db.execute(
             text("SELECT pg_advisory_xact_lock(:k)"), {"k": _CHAIN_LOCKS[model.__tablename__]}
         )

@@ -1,0 +1,161 @@
+"""Study sessions: scheduling, listing and describing one broadcast."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import selectinload
+
+from attendance.errors import InvalidInput, NotFound
+from attendance.journal import record_admin_event
+from attendance.models import SessionState, StudySession, VideoCodec
+from attendance.units import get_unit
+from attendance.venues import get_venue
+
+MAX_DURATION = timedelta(hours=24)
+
+
+class AttendanceRule(BaseModel):
+    """When a member counts as having attended (applied by the reports)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_share: float = Field(0.8, ge=0, le=1, description="share of live time watched")
+    min_presence_passed: int = Field(0, ge=0, le=100, description="presence checks passed")
+
+
+class SessionDraft(BaseModel):
+    """What an organiser gives to schedule a session (CLI options or the JSON API body)."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    title: str = Field(min_length=1, max_length=200)
+    description: str = Field("", max_length=5000)
+    scheduled_start: AwareDatetime
+    scheduled_end: AwareDatetime
+    video_codec: VideoCodec = VideoCodec.H264
+    recording_enabled: bool = True
+    venues: list[str] = Field(default_factory=list, max_length=1000)
+    expected_units: list[str] = Field(default_factory=list, max_length=1000)
+    attendance_rule: AttendanceRule = Field(default_factory=AttendanceRule)
+
+    @field_validator("venues", "expected_units")
+    @classmethod
+    def _no_repeats(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("lists an entry twice")
+        return value
+
+    @model_validator(mode="after")
+    def _times(self) -> SessionDraft:
+        if self.scheduled_end <= self.scheduled_start:
+            raise ValueError("scheduled_end must be after scheduled_start")
+        if self.scheduled_end - self.scheduled_start > MAX_DURATION:
+            raise ValueError("a session may last at most 24 hours")
+        return self
+
+
+def parse_draft(data: Any) -> SessionDraft:
+    """Validate outside input into a draft; the error names every bad field."""
+    try:
+        return SessionDraft.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(validation_message(exc)) from exc
+
+
+def validation_message(exc: ValidationError) -> str:
+    parts = []
+    for e in exc.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "body"
+        parts.append(f"{where}: {e['msg']}")
+    return "; ".join(parts)
+
+
+async def create_session(
+    db: AsyncSession, draft: SessionDraft, *, now: datetime, actor: str, user_id: int | None
+) -> StudySession:
+    """Schedule a session; venues and expected units must exist already."""
+    venues = [await get_venue(db, slug) for slug in draft.venues]
+    units = [await get_unit(db, path) for path in draft.expected_units]
+    session = StudySession(
+        title=draft.title,
+        description=draft.description,
+        scheduled_start=draft.scheduled_start,
+        scheduled_end=draft.scheduled_end,
+        state=SessionState.SCHEDULED,
+        video_codec=draft.video_codec,
+        recording_enabled=draft.recording_enabled,
+        attendance_rule=draft.attendance_rule.model_dump(),
+        created_by=user_id,
+        created_at=now,
+    )
+    session.venues = venues
+    session.expected_units = units
+    db.add(session)
+    await db.flush()
+    await record_admin_event(
+        db, now=now, actor=actor, action="session_created", target=f"session:{session.id}",
+        detail={"title": draft.title, "venues": draft.venues, "units": draft.expected_units},
+    )
+    return session
+
+
+async def get_session(db: AsyncSession, session_id: int) -> StudySession:
+    session = await db.scalar(
+        select(StudySession)
+        .options(selectinload(StudySession.venues), selectinload(StudySession.expected_units))
+        .where(StudySession.id == session_id)
+    )
+    if session is None:
+        raise NotFound(f"no study session {session_id}")
+    return session
+
+
+async def list_sessions(
+    db: AsyncSession, *, state: SessionState | None = None, limit: int = 200
+) -> list[StudySession]:
+    """Sessions, newest scheduled first."""
+    query = (
+        select(StudySession)
+        .options(selectinload(StudySession.venues), selectinload(StudySession.expected_units))
+        .order_by(StudySession.scheduled_start.desc(), StudySession.id.desc())
+        .limit(limit)
+    )
+    if state is not None:
+        query = query.where(StudySession.state == state)
+    return list(await db.scalars(query))
+
+
+async def count_sessions(db: AsyncSession) -> int:
+    return int(await db.scalar(select(func.count()).select_from(StudySession)) or 0)
+
+
+def describe(session: StudySession) -> dict[str, Any]:
+    """A session as plain JSON-ready data (API and ``--json`` output)."""
+    return {
+        "id": session.id,
+        "title": session.title,
+        "description": session.description,
+        "state": session.state.value,
+        "scheduled_start": session.scheduled_start.isoformat(),
+        "scheduled_end": session.scheduled_end.isoformat(),
+        "video_codec": session.video_codec.value,
+        "recording_enabled": session.recording_enabled,
+        "venues": [{"slug": v.slug, "name": v.name} for v in session.venues],
+        "expected_units": [u.path for u in session.expected_units],
+        "attendance_rule": session.attendance_rule,
+        "started_at": session.started_at.isoformat() if session.started_at else None,
+        "ended_at": session.ended_at.isoformat() if session.ended_at else None,
+    }

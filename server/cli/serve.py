@@ -1,0 +1,92 @@
+"""``studycast serve``: run the HTTP server (API, pages, and later the relay)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import click
+from aiohttp import web
+
+from attendance.clock import utcnow
+from attendance.demo import LOGINS_FILE, Demo, seed_demo
+from server.app import create_app
+from server.cli.common import configure_logging, load_settings, open_store, run
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@click.command()
+@click.option("--host", help="Address to listen on (STUDYCAST_HOST, default 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (STUDYCAST_PORT, default 8080).")
+@click.option("--demo", is_flag=True, help="Seed a demo organisation if the store is empty.")
+def serve(host: str | None, port: int | None, demo: bool) -> None:
+    """Run the server until Ctrl-C or SIGTERM; migrates the store first."""
+    overrides = click.get_current_context().find_root().ensure_object(dict)
+    if host is not None:
+        overrides["host"] = host
+    if port is not None:
+        overrides["port"] = port
+    settings = load_settings()
+    configure_logging()
+    run(_serve(settings, demo))
+
+
+async def _serve(settings: Settings, demo: bool) -> None:
+    settings.ensure_data_dir()
+    settings.resolved_secret_key()  # made now, not on the first request
+    store = await open_store(settings)
+    seeded = await seed_demo(store, data_dir=settings.data_dir, now=utcnow()) if demo else None
+    app = create_app(settings, store)
+    runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=10.0)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise click.ClickException(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+            ) from exc
+        port = _bound_port(runner, settings.port)
+        _announce(settings.base_url(port), seeded, settings.data_dir / LOGINS_FILE)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        click.echo("studycast is shutting down", err=True)
+    finally:
+        await runner.cleanup()  # closes connections, then the app's cleanup closes the store
+        await store.close()
+
+
+def _bound_port(runner: web.AppRunner, fallback: int) -> int:
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            return int(address[1])
+    return fallback
+
+
+def _announce(base: str, demo: Demo | None, logins_file: Path) -> None:
+    lines = [
+        f"studycast is running at {base}/",
+        f"  organiser and auditor login:  {base}/login.html",
+        f"  health check:                 {base}/healthz",
+    ]
+    if demo is not None:
+        lines.append(
+            "  demo: " + ("seeded just now" if demo.seeded_now else "store already had data")
+        )
+        if demo.session_id is not None:
+            lines.append(f"  demo session id:              {demo.session_id}")
+        if demo.logins:
+            lines.append(f"  demo logins (also in {logins_file}):")
+            lines.extend(
+                f"    {x.role:<15} {x.username:<10} password: {x.password}" for x in demo.logins
+            )
+    lines.append("Press Ctrl-C to stop.")
+    click.echo("\n".join(lines))
