@@ -24,7 +24,7 @@ from server.cli.output import print_table
 from server.settings import Settings
 
 
-class LocalTime(click.ParamType):
+class LocalTime(click.ParamType[datetime]):
     """ISO 8601 time; without a zone it is the local time of the machine running the command."""
 
     name = "TIME"
