@@ -12,7 +12,7 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from attendance.models import Member, Role, User
+from attendance.models import Member, OrgUnit, Role, StudySession, User, Venue
 from attendance.sessions import create_session, parse_draft
 from attendance.store import Store
 from attendance.units import UnitTree, parse_unit_path
@@ -48,10 +48,12 @@ class Demo:
 
 
 async def store_is_empty(store: Store) -> bool:
+    """True when nobody has put anything in: no people, units, venues or sessions."""
     async with store.read() as db:
-        users = await db.scalar(select(func.count()).select_from(User))
-        members = await db.scalar(select(func.count()).select_from(Member))
-    return not users and not members
+        for model in (User, Member, OrgUnit, Venue, StudySession):
+            if await db.scalar(select(func.count()).select_from(model)):
+                return False
+    return True
 
 
 def _save_logins(data_dir: Path, logins: list[DemoLogin]) -> None:
@@ -71,6 +73,8 @@ def _load_logins(data_dir: Path) -> list[DemoLogin]:
 
 async def seed_demo(store: Store, *, data_dir: Path, now: datetime) -> Demo:
     """Seed the demo into an empty store (else leave it alone) and return what to show."""
+    # Before seeding: the passwords must have somewhere to land.
+    data_dir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240 (once, at start-up)
     if not await store_is_empty(store):
         return Demo(None, [v[0] for v in VENUES], _load_logins(data_dir), seeded_now=False)
     logins = [

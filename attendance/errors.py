@@ -6,6 +6,8 @@ the family to a status code and the CLI to an exit message, each in one place.
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
 
 class StudycastError(Exception):
     """Root of every studycast error. ``code`` is a stable machine-readable name."""
@@ -51,3 +53,13 @@ class StoreError(StudycastError):
     """The record store failed or is unreachable."""
 
     code = "store_error"
+
+
+def invalid_input(exc: ValidationError) -> InvalidInput:
+    """An ``InvalidInput`` naming every bad field of a pydantic validation failure."""
+    parts = []
+    for e in exc.errors():
+        message = str(e["msg"]).removeprefix("Value error, ")
+        where = ".".join(str(p) for p in e["loc"])
+        parts.append(f"{where}: {message}" if where else message)
+    return InvalidInput("; ".join(parts))

@@ -98,6 +98,8 @@ async def append_attendance_events(
     the batch, are reported as duplicates and not written again."""
     if not events:
         return AppendResult([], [])
+    # Lock the chain first: a retry racing its original (another process) must see it stored.
+    prev = await _chain_head(db, AttendanceEvent)
     seen: set[tuple[int, uuid.UUID]] = set()
     by_session: dict[int, list[uuid.UUID]] = {}
     for e in events:
@@ -109,7 +111,6 @@ async def append_attendance_events(
             )
         )
         seen.update((session_id, u) for u in rows.scalars())
-    prev = await _chain_head(db, AttendanceEvent)
     values: list[dict[str, Any]] = []
     stored: list[uuid.UUID] = []
     duplicates: list[uuid.UUID] = []

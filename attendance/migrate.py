@@ -11,7 +11,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection
 
-from attendance.store import Store
+from attendance.store import Store, translate_errors
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 
@@ -29,7 +29,7 @@ async def _run(store: Store, fn: Any, *args: Any) -> Any:
         cfg.attributes["connection"] = connection
         return fn(cfg, *args)
 
-    async with store.engine.connect() as conn:
+    async with translate_errors("migrate"), store.engine.connect() as conn:
         result = await conn.run_sync(call)
         await conn.commit()
     return result
@@ -37,12 +37,12 @@ async def _run(store: Store, fn: Any, *args: Any) -> Any:
 
 async def upgrade(store: Store, revision: str = "head") -> None:
     """Bring the schema up to ``revision`` (the newest by default)."""
-    async with store._write_lock:
+    async with store.exclusive():
         await _run(store, command.upgrade, revision)
 
 
 async def downgrade(store: Store, revision: str) -> None:
-    async with store._write_lock:
+    async with store.exclusive():
         await _run(store, command.downgrade, revision)
 
 
@@ -56,5 +56,5 @@ async def current_revision(store: Store) -> str | None:
     def read(connection: Connection) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
-    async with store.engine.connect() as conn:
+    async with translate_errors("report its revision"), store.engine.connect() as conn:
         return await conn.run_sync(read)

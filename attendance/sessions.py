@@ -18,9 +18,10 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
-from attendance.errors import InvalidInput, NotFound
+from attendance.clock import as_utc
+from attendance.errors import NotFound, invalid_input
 from attendance.journal import record_admin_event
-from attendance.models import SessionState, StudySession, VideoCodec
+from attendance.models import SessionState, StudySession, Venue, VideoCodec
 from attendance.units import get_unit
 from attendance.venues import get_venue
 
@@ -72,15 +73,7 @@ def parse_draft(data: Any) -> SessionDraft:
     try:
         return SessionDraft.model_validate(data)
     except ValidationError as exc:
-        raise InvalidInput(validation_message(exc)) from exc
-
-
-def validation_message(exc: ValidationError) -> str:
-    parts = []
-    for e in exc.errors():
-        where = ".".join(str(p) for p in e["loc"]) or "body"
-        parts.append(f"{where}: {e['msg']}")
-    return "; ".join(parts)
+        raise invalid_input(exc) from exc
 
 
 async def create_session(
@@ -92,8 +85,8 @@ async def create_session(
     session = StudySession(
         title=draft.title,
         description=draft.description,
-        scheduled_start=draft.scheduled_start,
-        scheduled_end=draft.scheduled_end,
+        scheduled_start=as_utc(draft.scheduled_start),
+        scheduled_end=as_utc(draft.scheduled_end),
         state=SessionState.SCHEDULED,
         video_codec=draft.video_codec,
         recording_enabled=draft.recording_enabled,
@@ -149,13 +142,17 @@ def describe(session: StudySession) -> dict[str, Any]:
         "title": session.title,
         "description": session.description,
         "state": session.state.value,
-        "scheduled_start": session.scheduled_start.isoformat(),
-        "scheduled_end": session.scheduled_end.isoformat(),
+        "scheduled_start": as_utc(session.scheduled_start).isoformat(),
+        "scheduled_end": as_utc(session.scheduled_end).isoformat(),
         "video_codec": session.video_codec.value,
         "recording_enabled": session.recording_enabled,
-        "venues": [{"slug": v.slug, "name": v.name} for v in session.venues],
-        "expected_units": [u.path for u in session.expected_units],
+        "venues": [{"slug": v.slug, "name": v.name} for v in sorted(session.venues, key=_slug)],
+        "expected_units": sorted(u.path for u in session.expected_units),
         "attendance_rule": session.attendance_rule,
-        "started_at": session.started_at.isoformat() if session.started_at else None,
-        "ended_at": session.ended_at.isoformat() if session.ended_at else None,
+        "started_at": as_utc(session.started_at).isoformat() if session.started_at else None,
+        "ended_at": as_utc(session.ended_at).isoformat() if session.ended_at else None,
     }
+
+
+def _slug(venue: Venue) -> str:
+    return venue.slug

@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from attendance.errors import InvalidInput, StoreError
+from attendance.errors import Conflict, InvalidInput, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +90,19 @@ def create_engine(url: str | URL, *, write: bool = True, **kwargs: Any) -> Async
     return create_async_engine(url, pool_pre_ping=True, **kwargs)
 
 
+def _reason(exc: BaseException) -> str:
+    return str(exc.orig) if isinstance(exc, DBAPIError) else str(exc)
+
+
+@asynccontextmanager
+async def translate_errors(action: str) -> AsyncIterator[None]:
+    """Turn driver and socket errors raised inside the block into ``StoreError``."""
+    try:
+        yield
+    except (OSError, DBAPIError) as exc:
+        raise StoreError(f"the record store failed to {action}: {_reason(exc)}") from exc
+
+
 class Store:
     """The record store of one process. ``close()`` is idempotent."""
 
@@ -113,8 +126,21 @@ class Store:
             try:
                 async with session.begin():
                     yield session
-            except (OperationalError, DBAPIError) as exc:
-                raise StoreError(f"the record store refused a write: {exc.orig}") from exc
+            except IntegrityError as exc:
+                # Two writers raced for the same unique value (PostgreSQL), or a reference broke.
+                log.info("write refused by a constraint: %s", _reason(exc))
+                raise Conflict(
+                    "the change conflicts with stored data (a value that must be unique is "
+                    "taken, or a referenced record is missing)"
+                ) from exc
+            except (OSError, DBAPIError) as exc:
+                raise StoreError(f"the record store refused a write: {_reason(exc)}") from exc
+
+    @asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """Hold the write path without a session (schema migrations use their own connection)."""
+        async with self._write_lock:
+            yield
 
     @asynccontextmanager
     async def read(self) -> AsyncIterator[AsyncSession]:
@@ -122,16 +148,13 @@ class Store:
         async with self._reads() as session:
             try:
                 yield session
-            except (OperationalError, DBAPIError) as exc:
-                raise StoreError(f"the record store failed a read: {exc.orig}") from exc
+            except (OSError, DBAPIError) as exc:
+                raise StoreError(f"the record store failed a read: {_reason(exc)}") from exc
 
     async def ping(self) -> None:
         """Raise ``StoreError`` unless the database answers a trivial query."""
-        try:
-            async with self.read_engine.connect() as conn:
-                await conn.execute(text("SELECT 1"))
-        except (OSError, DBAPIError) as exc:
-            raise StoreError(f"the record store does not answer: {exc}") from exc
+        async with translate_errors("answer"), self.read_engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
 
     async def close(self) -> None:
         if self._closed:

@@ -7,9 +7,8 @@ from datetime import datetime, timedelta
 
 import pytest
 from sqlalchemy import inspect, select
-from sqlalchemy.exc import IntegrityError
 
-from attendance.errors import StoreError
+from attendance.errors import Conflict
 from attendance.models import (
     AdminEvent,
     AttendanceEvent,
@@ -253,7 +252,7 @@ async def test_event_uuid_unique_per_session(store: Store, now: datetime) -> Non
         prev_hash=H,
         hash="c" * 64,
     )
-    with pytest.raises((IntegrityError, StoreError)):
+    with pytest.raises(Conflict):
         async with store.write() as db:
             db.add(duplicate)
     # The failed transaction left nothing behind.
@@ -262,7 +261,7 @@ async def test_event_uuid_unique_per_session(store: Store, now: datetime) -> Non
 
 
 async def test_session_must_end_after_it_starts(store: Store, now: datetime) -> None:
-    with pytest.raises((IntegrityError, StoreError)):
+    with pytest.raises(Conflict):
         async with store.write() as db:
             db.add(StudySession(title="x", scheduled_start=now, scheduled_end=now, created_at=now))
     async with store.read() as db:

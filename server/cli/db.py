@@ -56,6 +56,8 @@ def current(as_json: bool) -> None:
     settings = load_settings()
 
     async def go() -> str | None:
+        if settings.database_url is None and not settings.sqlite_path().exists():
+            return None  # no store yet: do not create one just to say it is empty
         store = Store(settings.resolved_database_url())
         try:
             return await migrate.current_revision(store)

@@ -12,7 +12,6 @@ from aiohttp import web
 
 from attendance.clock import utcnow
 from attendance.demo import LOGINS_FILE, Demo, seed_demo
-from server.app import create_app
 from server.cli.common import configure_logging, load_settings, open_store, run
 from server.settings import Settings
 
@@ -38,6 +37,8 @@ def serve(host: str | None, port: int | None, demo: bool) -> None:
 async def _serve(settings: Settings, demo: bool) -> None:
     settings.ensure_data_dir()
     settings.resolved_secret_key()  # made now, not on the first request
+    from server.app import create_app  # imported here: keeps `studycast --help` quick
+
     store = await open_store(settings)
     seeded = await seed_demo(store, data_dir=settings.data_dir, now=utcnow()) if demo else None
     app = create_app(settings, store)

@@ -49,8 +49,8 @@ def session() -> None:
 @click.option("--start", required=True, type=LocalTime(), help="Start time (ISO 8601).")
 @click.option("--end", type=LocalTime(), help="End time; default start + --duration.")
 @click.option(
-    "--duration", type=click.IntRange(1, 24 * 60), default=90, show_default=True,
-    help="Minutes, when --end is not given.",
+    "--duration", type=click.IntRange(1, 24 * 60),
+    help="Minutes, instead of --end (default 90).",
 )
 @click.option("--venue", "venues", multiple=True, help="Venue slug (repeat for several).")
 @click.option("--unit", "units", multiple=True, help="Expected unit path (repeat for several).")
@@ -73,7 +73,7 @@ def create(
     title: str,
     start: datetime,
     end: datetime | None,
-    duration: int,
+    duration: int | None,
     venues: tuple[str, ...],
     units: tuple[str, ...],
     video_codec: str,
@@ -85,12 +85,14 @@ def create(
 ) -> None:
     """Schedule a session called TITLE."""
     _check_title(title)
+    if end is not None and duration is not None:
+        raise click.UsageError("give --end or --duration, not both")
     draft = run_parse(
         {
             "title": title,
             "description": description,
             "scheduled_start": start,
-            "scheduled_end": end or start + timedelta(minutes=duration),
+            "scheduled_end": end or start + timedelta(minutes=duration or 90),
             "video_codec": video_codec,
             "recording_enabled": not no_recording,
             "venues": list(venues),

@@ -53,6 +53,10 @@ def add(
         check_username(username)
     except Exception as exc:
         raise click.BadParameter(str(exc), param_hint="USERNAME") from exc
+    if role == "venue_operator" and not venue_slug:
+        raise click.UsageError("a venue operator needs --venue SLUG (the venue they run)")
+    if role != "venue_operator" and venue_slug:
+        raise click.UsageError("--venue is only for the venue_operator role")
     password = _read_password(password_stdin)
     try:
         check_password(password)

@@ -1,0 +1,141 @@
+"""The JSON API over the record store's domain functions: units, venues, study sessions.
+
+Handlers only translate: read and validate the request, call ``attendance.*`` inside
+``store.read()`` or ``store.write()``, and shape the answer. Errors are raised, never built here.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
+
+from attendance.errors import InvalidInput, NotFound, invalid_input
+from attendance.models import Role, SessionState
+from attendance.sessions import (
+    create_session,
+    describe,
+    get_session,
+    list_sessions,
+    parse_draft,
+)
+from attendance.units import list_units
+from attendance.venues import add_venue, list_venues
+from server.auth import CLOCK, STORE, current_user, require_role
+from server.http_errors import read_json_object
+
+routes = web.RouteTableDef()
+
+_ID = re.compile(r"^[0-9]{1,18}$")
+_MAX_ID = 2**31 - 1  # ids are INTEGER columns
+
+
+def _id_param(request: web.Request, what: str, name: str = "id") -> int:
+    """A positive integer from the path: 400 if it is not one, 404 beyond any stored id."""
+    raw = request.match_info[name]
+    if not _ID.match(raw):
+        raise InvalidInput(f"{name} must be a positive integer, not {raw[:40]!r}")
+    value = int(raw)
+    if not 0 < value <= _MAX_ID:
+        raise NotFound(f"no {what} {value}")
+    return value
+
+
+def _created(body: dict[str, Any], location: str | None = None) -> web.Response:
+    headers = {"Location": location} if location else None
+    return web.json_response(body, status=201, headers=headers)
+
+
+@routes.get("/api/units")
+@require_role(Role.ORGANISER, Role.AUDITOR)
+async def units_index(request: web.Request) -> web.Response:
+    async with request.config_dict[STORE].read() as db:
+        units = await list_units(db)
+    return web.json_response({"units": [asdict(u) for u in units]})
+
+
+@routes.get("/api/venues")
+@require_role(Role.ORGANISER, Role.AUDITOR, Role.VENUE_OPERATOR)
+async def venues_index(request: web.Request) -> web.Response:
+    async with request.config_dict[STORE].read() as db:
+        venues = await list_venues(db)
+    return web.json_response({"venues": [asdict(v) for v in venues]})
+
+
+class VenueDraft(BaseModel):
+    """The body of ``POST /api/venues``; ``attendance.venues`` checks the values."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    slug: StrictStr
+    name: StrictStr
+    unit_path: StrictStr
+    capacity: StrictInt | None = None
+
+
+@routes.post("/api/venues")
+@require_role(Role.ORGANISER)
+async def venues_create(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    try:
+        draft = VenueDraft.model_validate(await read_json_object(request))
+    except ValidationError as exc:
+        raise invalid_input(exc) from exc
+    async with request.config_dict[STORE].write() as db:
+        venue = await add_venue(
+            db,
+            slug=draft.slug,
+            name=draft.name,
+            unit_path=draft.unit_path,
+            capacity=draft.capacity,
+            now=request.config_dict[CLOCK](),
+            actor=user.actor,
+        )
+    return _created(asdict(venue))
+
+
+@routes.get("/api/sessions")
+@require_role(Role.ORGANISER, Role.AUDITOR)
+async def sessions_index(request: web.Request) -> web.Response:
+    """Sessions, newest first; ``?state=live`` narrows the list."""
+    raw_state = request.query.get("state")
+    state: SessionState | None = None
+    if raw_state is not None:
+        try:
+            state = SessionState(raw_state)
+        except ValueError:
+            allowed = ", ".join(s.value for s in SessionState)
+            raise InvalidInput(f"state must be one of {allowed}, not {raw_state!r}") from None
+    async with request.config_dict[STORE].read() as db:
+        sessions = await list_sessions(db, state=state)
+        body = {"sessions": [describe(s) for s in sessions]}
+    return web.json_response(body)
+
+
+@routes.post("/api/sessions")
+@require_role(Role.ORGANISER)
+async def sessions_create(request: web.Request) -> web.Response:
+    """Schedule a session from a ``SessionDraft`` body."""
+    user = await current_user(request)
+    draft = parse_draft(await read_json_object(request))
+    store = request.config_dict[STORE]
+    async with store.write() as db:
+        created = await create_session(
+            db, draft, now=request.config_dict[CLOCK](), actor=user.actor, user_id=user.id
+        )
+    # Read back what was stored, so the answer equals GET's (times in UTC, not as sent).
+    async with store.read() as db:
+        body = describe(await get_session(db, created.id))
+    return _created(body, f"/api/sessions/{body['id']}")
+
+
+@routes.get("/api/sessions/{id}")
+@require_role(Role.ORGANISER, Role.AUDITOR)
+async def sessions_show(request: web.Request) -> web.Response:
+    session_id = _id_param(request, "study session")
+    async with request.config_dict[STORE].read() as db:
+        body = describe(await get_session(db, session_id))
+    return web.json_response(body)

@@ -1,0 +1,131 @@
+"""The aiohttp application: middlewares, routes, static pages, and what it closes on shutdown.
+
+``create_app`` only assembles; ``studycast serve`` (and the tests) run the result. The app owns
+the store it is given and closes it on cleanup.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+import client
+from attendance.clock import Clock, utcnow
+from attendance.errors import StoreError
+from attendance.store import Store
+from server import api, auth
+from server.auth import CLOCK, LOGIN_BRAKE, SETTINGS, STORE, LoginBrake, public
+from server.http_errors import error_middleware
+from server.metrics import METRICS, Metrics, count_requests, metrics_endpoint
+from server.settings import Settings
+
+log = logging.getLogger(__name__)
+
+WEB_ROOT = Path(client.__file__).parent / "web"
+HEALTH_TIMEOUT_S = 5.0
+
+# Scripts and styles only from our own origin: no inline code, no CDN, no eval.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data:",
+        "media-src 'self' blob:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Cross-Origin-Opener-Policy": "same-origin",
+}
+# Answers that must never be cached (they depend on who asks and when).
+_UNCACHED_PREFIXES = ("/api/", "/healthz", "/metrics")
+
+
+def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> web.Application:
+    """The studycast web application over ``store``; it closes the store on cleanup."""
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[count_requests, error_middleware(max_body_bytes=settings.max_body_bytes)],
+    )
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[CLOCK] = clock
+    app[METRICS] = Metrics()
+    app[LOGIN_BRAKE] = LoginBrake()
+    app.cleanup_ctx.append(_store_lifetime)
+    app.on_response_prepare.append(_security_headers)
+
+    app.router.add_get("/", index)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", public(metrics_endpoint))
+    app.add_routes(auth.routes)
+    app.add_routes(api.routes)
+    # Last, so that every route above wins over a file of the same name.
+    app.router.add_get(r"/{path:[A-Za-z0-9_][A-Za-z0-9_./-]*\.[A-Za-z0-9]+}", web_file)
+    auth.check_access_declared(app)
+    return app
+
+
+async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[STORE].close()
+    log.info("record store closed")
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.path.startswith(_UNCACHED_PREFIXES):
+        response.headers["Cache-Control"] = "no-store"
+    else:
+        # Pages and modules: always revalidate (cheap with Last-Modified), so updates show.
+        response.headers.setdefault("Cache-Control", "no-cache")
+
+
+@public
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(WEB_ROOT / "index.html")
+
+
+@public
+async def web_file(request: web.Request) -> web.FileResponse:
+    """A file of ``client/web``. Checked here, not by aiohttp's static resource, so that a
+    missing file is a JSON 404 like every other failure."""
+    relative = request.match_info["path"]
+    parts = relative.split("/")
+    if any(not p or p.startswith(".") for p in parts):
+        raise web.HTTPNotFound()
+    root = WEB_ROOT.resolve()
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root) or not path.is_file():
+        raise web.HTTPNotFound()
+    return web.FileResponse(path)
+
+
+@public
+async def healthz(request: web.Request) -> web.Response:
+    """200 when the record store answers, 503 (error JSON) when it does not."""
+    try:
+        async with asyncio.timeout(HEALTH_TIMEOUT_S):
+            await request.config_dict[STORE].ping()
+    except StoreError:
+        raise
+    except TimeoutError as exc:
+        raise StoreError(f"the record store did not answer within {HEALTH_TIMEOUT_S} s") from exc
+    except Exception as exc:
+        # A health check reports "unhealthy", whatever the driver raised.
+        raise StoreError(f"the record store check failed: {exc!r}") from exc
+    return web.json_response({"status": "ok", "database": "ok"})

@@ -1,0 +1,79 @@
+"""Prometheus metrics of one application, exposed at ``GET /metrics``.
+
+Each app owns its registry (not the process-global one), so several apps in one process, as in
+the tests, count separately.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+# Methods we label as themselves; anything else is "other", so clients cannot grow the series.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class Metrics:
+    """The counters the server keeps, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.login_failures = Counter(
+            "studycast_login_failures",
+            "Refused password logins, by reason (unknown_user, wrong_password, inactive).",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.login_throttled = Counter(
+            "studycast_login_throttled",
+            "Logins answered 429 by the brute-force brake.",
+            registry=self.registry,
+        )
+        self.http_requests = Counter(
+            "studycast_http_requests",
+            "HTTP requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS = web.AppKey("studycast.metrics", Metrics)
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    """The text exposition format for a Prometheus scraper."""
+    body = request.config_dict[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _route_label(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    if resource is None:
+        return "unmatched"
+    return resource.canonical
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count every answer; sits outside the error middleware, so failures carry their status."""
+    response = await handler(request)
+    method = request.method if request.method in _KNOWN_METHODS else "other"
+    request.config_dict[METRICS].http_requests.labels(
+        method, _route_label(request), str(response.status)
+    ).inc()
+    return response
