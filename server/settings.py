@@ -52,10 +52,14 @@ class Settings(BaseSettings):
             raise ValueError("must be at least 32 characters")
         return value
 
+    def sqlite_path(self) -> Path:
+        """The embedded store's file, used when no database URL is configured."""
+        return self.data_dir / "studycast.db"
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
-        return f"sqlite:///{(self.data_dir / 'studycast.db').resolve()}"
+        return f"sqlite:///{self.sqlite_path().resolve()}"
 
     def base_url(self, port: int | None = None) -> str:
         if self.public_base_url:
@@ -82,8 +86,23 @@ class Settings(BaseSettings):
         if len(key) >= 32:
             return key
         key = secrets.token_urlsafe(48)
-        # Create with 0600 from the start, so the key is never readable by others.
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # Written to a private temporary file, then moved into place: the key is never readable
+        # by others, and a reader never sees half a key.
+        tmp = path.with_name(f".{SECRET_FILE}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as fh:
             fh.write(key + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        if not path.exists():
+            try:
+                # link() fails if another process created the key meanwhile: then use theirs.
+                os.link(tmp, path)
+            except FileExistsError:
+                tmp.unlink()
+                return self.resolved_secret_key()
+            tmp.unlink()
+            return key
+        os.replace(tmp, path)
         return key
