@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from argon2 import PasswordHasher
+from argon2 import Parameters, PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -22,6 +22,14 @@ MAX_PASSWORD = 1024
 _hasher = PasswordHasher()
 # Verified against when the username is unknown, so timing does not reveal which names exist.
 _DUMMY_HASH = _hasher.hash("studycast-timing-equaliser")
+
+
+def configure_password_hashing(parameters: Parameters) -> None:
+    """Use other argon2 parameters for new hashes (e.g. the test suite's cheap profile).
+    Existing hashes still verify: each carries its own parameters."""
+    global _hasher, _DUMMY_HASH
+    _hasher = PasswordHasher.from_parameters(parameters)
+    _DUMMY_HASH = _hasher.hash("studycast-timing-equaliser")
 
 
 def check_username(username: str) -> str:

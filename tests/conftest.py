@@ -13,11 +13,13 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
+import argon2
 import pytest
 from sqlalchemy.engine import make_url
 
 from attendance.migrate import upgrade
 from attendance.store import Store
+from attendance.users import configure_password_hashing
 
 PG_ENV = "STUDYCAST_TEST_DATABASE_URL"
 REQUIRE_ENV = "STUDYCAST_REQUIRE_SERVICES"
@@ -50,6 +52,12 @@ async def _pg_admin(sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cheap_password_hashing() -> None:
+    """Real argon2, with the cheapest parameters: the suite hashes hundreds of passwords."""
+    configure_password_hashing(argon2.profiles.CHEAPEST)
 
 
 @pytest.fixture(scope="session")
