@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 import argon2
 import pytest
 from sqlalchemy.engine import make_url
+from support import FakeClock
 
 from attendance.migrate import upgrade
 from attendance.store import Store
@@ -107,6 +108,12 @@ async def store(database_url: str) -> AsyncIterator[Store]:
 def now() -> datetime:
     """A fixed clock reading for domain calls."""
     return datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def clock(now: datetime) -> FakeClock:
+    """A clock at ``now`` that the test advances by hand."""
+    return FakeClock(now)
 
 
 @pytest.fixture

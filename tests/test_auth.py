@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select
+from support import Client, FakeClock, make_settings
 
 from attendance.models import AdminEvent, LoginSession, Role, User
 from attendance.store import Store
@@ -20,35 +21,9 @@ from attendance.users import add_user
 from server.app import create_app
 from server.auth import COOKIE, LoginBrake, require_role
 from server.http_errors import TooManyAttempts
-from server.settings import Settings
 
 PASSWORD = "correct horse battery staple"
 BAD_CREDENTIALS = {"error": "bad_credentials", "detail": "wrong username or password"}
-
-Client = TestClient[web.Request, web.Application]
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
-
-
-def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings(_env_file=None, data_dir=tmp_path / "data", **overrides)
-
-
-@pytest.fixture
-def clock(now: datetime) -> FakeClock:
-    return FakeClock(now)
-
 
 @pytest.fixture
 async def client(store: Store, clock: FakeClock, tmp_path: Path) -> AsyncIterator[Client]:

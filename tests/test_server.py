@@ -7,7 +7,7 @@ import logging
 import shutil
 import socket
 from collections.abc import AsyncIterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from sqlalchemy import select
+from support import Client, FakeClock, make_settings
 
 from attendance.migrate import upgrade
 from attendance.models import AdminEvent, Role
@@ -23,34 +24,8 @@ from attendance.units import UnitTree
 from attendance.users import add_user
 from server.app import CONTENT_SECURITY_POLICY, create_app
 from server.auth import check_access_declared, public
-from server.settings import Settings
 
 PASSWORD = "correct horse battery staple"
-
-Client = TestClient[web.Request, web.Application]
-
-
-class FakeClock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, start: datetime) -> None:
-        self.now = start
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, **kwargs: float) -> None:
-        self.now += timedelta(**kwargs)
-
-
-def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    return Settings(_env_file=None, data_dir=tmp_path / "data", **overrides)
-
-
-@pytest.fixture
-def clock(now: datetime) -> FakeClock:
-    return FakeClock(now)
-
 
 @pytest.fixture
 async def app(store: Store, clock: FakeClock, tmp_path: Path) -> web.Application:
