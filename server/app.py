@@ -17,16 +17,21 @@ import client
 from attendance.clock import Clock, utcnow
 from attendance.errors import StoreError
 from attendance.store import Store
-from server import api, auth
+from server import api, auth, whip
 from server.auth import CLOCK, LOGIN_BRAKE, SETTINGS, STORE, LoginBrake, public
+from server.broadcast_state import BroadcastStateRecorder
 from server.http_errors import error_middleware
 from server.metrics import METRICS, Metrics, count_requests, metrics_endpoint
+from server.relay.ice import advertise_addresses
+from server.relay.relay import Relay
 from server.settings import Settings
+from server.whip import RELAY
 
 log = logging.getLogger(__name__)
 
 WEB_ROOT = Path(client.__file__).parent / "web"
 HEALTH_TIMEOUT_S = 5.0
+STATE_RECORDER = web.AppKey("studycast.state_recorder", BroadcastStateRecorder)
 
 # Scripts and styles only from our own origin: no inline code, no CDN, no eval.
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -65,7 +70,13 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
     app[CLOCK] = clock
     app[METRICS] = Metrics()
     app[LOGIN_BRAKE] = LoginBrake()
+    if settings.ice_addresses:
+        advertise_addresses(settings.ice_addresses)
+    recorder = BroadcastStateRecorder(store, clock)
+    app[STATE_RECORDER] = recorder
+    app[RELAY] = Relay(max_viewers=settings.max_viewers, on_state=recorder)
     app.cleanup_ctx.append(_store_lifetime)
+    app.cleanup_ctx.append(_relay_lifetime)
     app.on_response_prepare.append(_security_headers)
 
     app.router.add_get("/", index)
@@ -73,6 +84,7 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
     app.router.add_get("/metrics", public(metrics_endpoint))
     app.add_routes(auth.routes)
     app.add_routes(api.routes)
+    whip.add_routes(app)
     # Last, so that every route above wins over a file of the same name.
     app.router.add_get(r"/{path:[A-Za-z0-9_][A-Za-z0-9_./-]*\.[A-Za-z0-9]+}", web_file)
     auth.check_access_declared(app)
@@ -85,7 +97,19 @@ async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     log.info("record store closed")
 
 
+async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
+    """The media relay and its state recorder live as long as the app; peers close first."""
+    app[STATE_RECORDER].start()
+    yield
+    await app[RELAY].close()
+    await app[STATE_RECORDER].close()
+    log.info("relay closed")
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith(("/whip/", "/whep/")):
+        for name, value in whip.CORS_HEADERS.items():
+            response.headers.setdefault(name, value)
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     if request.path.startswith(_UNCACHED_PREFIXES):

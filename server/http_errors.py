@@ -45,10 +45,28 @@ class UnsupportedMediaType(InvalidInput):
     code = "unsupported_media_type"
 
 
+class BodyTooLarge(InvalidInput):
+    """The body is larger than the endpoint accepts (413)."""
+
+    code = "body_too_large"
+
+
+class Overloaded(StudycastError):
+    """This node is at capacity; the caller may retry after ``retry_after`` seconds (503)."""
+
+    code = "overloaded"
+
+    def __init__(self, detail: str, *, retry_after: int) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 # Looked up along the exception's MRO, so the most specific family wins.
 STATUS_BY_FAMILY: dict[type, int] = {
     TooManyAttempts: 429,
     UnsupportedMediaType: 415,
+    BodyTooLarge: 413,
+    Overloaded: 503,
     Forbidden: 403,
     AuthError: 401,
     InvalidInput: 400,
@@ -95,7 +113,7 @@ def _from_studycast_error(request: web.Request, exc: StudycastError) -> web.Resp
     status = status_for(exc)
     headers: dict[str, str] = {}
     detail = exc.detail
-    if isinstance(exc, TooManyAttempts):
+    if isinstance(exc, TooManyAttempts | Overloaded):
         headers["Retry-After"] = str(exc.retry_after)
     if isinstance(exc, StoreError):
         # The driver's message may name hosts and files: the log gets it, the client does not.

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from attendance.errors import InvalidInput
 
@@ -33,6 +35,14 @@ class Settings(BaseSettings):
     public_base_url: str | None = Field(
         None, description="URL people open (behind a proxy); default http://HOST:PORT"
     )
+    ice_addresses: Annotated[list[str] | None, NoDecode] = Field(
+        None,
+        description="IP addresses the relay offers to peers (comma-separated); "
+        "default: every non-loopback interface",
+    )
+    max_viewers: int = Field(
+        500, ge=1, le=100_000, description="viewers per node, over all sessions"
+    )
     login_ttl_hours: float = Field(12.0, gt=0, le=24 * 30)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body accepted")
 
@@ -44,6 +54,24 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError("must start with http:// or https://")
         return value.rstrip("/")
+
+    @field_validator("ice_addresses", mode="before")
+    @classmethod
+    def _split_addresses(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            return parts or None
+        return value
+
+    @field_validator("ice_addresses")
+    @classmethod
+    def _check_addresses(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        try:
+            return [str(ipaddress.ip_address(v)) for v in value]
+        except ValueError as exc:
+            raise ValueError(f"must be IP addresses: {exc}") from None
 
     @field_validator("secret_key")
     @classmethod

@@ -67,8 +67,13 @@ def venue_add(
 
                 await UnitTree(db, now).ensure(parse_unit_path(unit_path))
             return await add_venue(
-                db, slug=slug, name=name, unit_path=unit_path, capacity=capacity,
-                now=now, actor="cli",
+                db,
+                slug=slug,
+                name=name,
+                unit_path=unit_path,
+                capacity=capacity,
+                now=now,
+                actor="cli",
             )
 
     info = go()

@@ -49,23 +49,33 @@ def session() -> None:
 @click.option("--start", required=True, type=LocalTime(), help="Start time (ISO 8601).")
 @click.option("--end", type=LocalTime(), help="End time; default start + --duration.")
 @click.option(
-    "--duration", type=click.IntRange(1, 24 * 60),
+    "--duration",
+    type=click.IntRange(1, 24 * 60),
     help="Minutes, instead of --end (default 90).",
 )
 @click.option("--venue", "venues", multiple=True, help="Venue slug (repeat for several).")
 @click.option("--unit", "units", multiple=True, help="Expected unit path (repeat for several).")
 @click.option(
-    "--video-codec", type=click.Choice(["h264", "vp8"]), default="h264", show_default=True,
+    "--video-codec",
+    type=click.Choice(["h264", "vp8"]),
+    default="h264",
+    show_default=True,
     help="Fixed for the session: every viewer receives it untranscoded.",
 )
 @click.option("--description", default="", help="Shown to members.")
 @click.option("--no-recording", is_flag=True, help="Do not record this session.")
 @click.option(
-    "--min-share", type=click.FloatRange(0, 1), default=0.8, show_default=True,
+    "--min-share",
+    type=click.FloatRange(0, 1),
+    default=0.8,
+    show_default=True,
     help="Share of live time a member must watch to qualify.",
 )
 @click.option(
-    "--min-presence", type=click.IntRange(0, 100), default=0, show_default=True,
+    "--min-presence",
+    type=click.IntRange(0, 100),
+    default=0,
+    show_default=True,
     help="Presence checks a member must pass to qualify.",
 )
 @json_option
@@ -147,8 +157,12 @@ def list_(state: str | None, as_json: bool) -> None:
             ["id", "title", "state", "start", "codec", "venues"],
             [
                 (
-                    s["id"], s["title"], s["state"], _local(s["scheduled_start"]),
-                    s["video_codec"], len(s["venues"]),
+                    s["id"],
+                    s["title"],
+                    s["state"],
+                    _local(s["scheduled_start"]),
+                    s["video_codec"],
+                    len(s["venues"]),
                 )
                 for s in sessions
             ],

@@ -1,0 +1,87 @@
+"""Writes the relay's session states (live, paused, ended) to the record store, in order.
+
+The relay knows when a broadcast starts, drops out or ends; it must not wait on the database for
+that. Changes queue here and one task writes them: state, first start and end times, and an
+entry in the admin trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from attendance.clock import Clock
+from attendance.errors import StudycastError
+from attendance.journal import record_admin_event
+from attendance.models import SessionState, StudySession
+from attendance.store import Store
+
+log = logging.getLogger(__name__)
+
+_STATES = {
+    "live": SessionState.LIVE,
+    "paused": SessionState.PAUSED,
+    "ended": SessionState.ENDED,
+}
+
+
+class BroadcastStateRecorder:
+    """Queue of state changes with one writer task. ``close()`` drains and stops it."""
+
+    def __init__(self, store: Store, clock: Clock) -> None:
+        self._store = store
+        self._clock = clock
+        self._queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def __call__(self, session_id: int, state: str) -> None:
+        if state in _STATES:
+            self.idle.clear()
+            self._queue.put_nowait((session_id, state))
+
+    async def _run(self) -> None:
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            try:
+                await self._write(*item)
+            except StudycastError as exc:
+                log.error("could not record session %s as %s: %s", item[0], item[1], exc.detail)
+            except Exception:
+                log.exception("could not record session %s as %s", *item)
+            if self._queue.empty():
+                self.idle.set()
+
+    async def _write(self, session_id: int, state: str) -> None:
+        now = self._clock()
+        async with self._store.write() as db:
+            session = await db.get(StudySession, session_id)
+            if session is None or session.state == SessionState.ENDED:
+                return
+            session.state = _STATES[state]
+            if state == "live" and session.started_at is None:
+                session.started_at = now
+            if state == "ended":
+                session.ended_at = now
+            await record_admin_event(
+                db,
+                now=now,
+                actor="relay",
+                action=f"broadcast_{state}",
+                target=f"session:{session_id}",
+            )
+
+    async def close(self) -> None:
+        if self._task is None:
+            return
+        self._queue.put_nowait(None)
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._task = None

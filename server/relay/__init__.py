@@ -1,0 +1,1 @@
+"""The media plane: WHIP ingest, encoded-media fan-out to WHEP viewers, PLI/NACK handling."""

@@ -1,0 +1,114 @@
+"""Codec policy: a session fixes its video codec, audio is Opus, nothing is transcoded.
+
+Offers are checked before any peer is built, so that a broadcaster or viewer that cannot send or
+receive the session's codec gets a clear 400 instead of a failed negotiation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiortc import RTCRtpTransceiver
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability
+from aiortc.rtcrtpreceiver import RTCRtpReceiver
+from aiortc.sdp import SessionDescription
+
+from attendance.errors import InvalidInput
+
+MAX_SDP_BYTES = 32 * 1024
+# H.264 profiles we can negotiate, best first: constrained baseline (every browser and phone
+# decodes it in hardware), then baseline.
+H264_PROFILES = ("42e01f", "42001f")
+VIDEO_NAMES = {"vp8": "VP8", "h264": "H264"}
+
+
+def _capabilities(kind: str) -> list[RTCRtpCodecCapability]:
+    capabilities = RTCRtpReceiver.getCapabilities(kind)
+    return [] if capabilities is None else list(capabilities.codecs)
+
+
+def parse_offer(text: str) -> SessionDescription:
+    """Parse an SDP offer, raising ``InvalidInput`` that says why it cannot be used."""
+    if not text.strip():
+        raise InvalidInput("the SDP offer is empty", code="bad_sdp")
+    if not text.lstrip().startswith("v=0"):
+        raise InvalidInput("the body is not an SDP offer (it must start with v=0)", code="bad_sdp")
+    try:
+        description = SessionDescription.parse(text)
+    except Exception as exc:  # aiortc's parser raises plain ValueError/KeyError/IndexError
+        raise InvalidInput(f"the SDP offer cannot be parsed: {exc!r}", code="bad_sdp") from None
+    if not description.media:
+        raise InvalidInput("the SDP offer has no media sections", code="bad_sdp")
+    return description
+
+
+def _h264_profile(parameters: Mapping[str, object]) -> str:
+    return str(parameters.get("profile-level-id", "42e01f")).lower()
+
+
+def _offered(description: SessionDescription, kind: str) -> list[tuple[str, dict[str, object]]]:
+    return [
+        (codec.name.upper(), dict(codec.parameters))
+        for media in description.media
+        if media.kind == kind
+        for codec in media.rtp.codecs
+    ]
+
+
+def choose_video(description: SessionDescription, session_codec: str, who: str) -> str | None:
+    """The profile to use (H.264) or '' (VP8) when the offer can carry the session's video;
+    raise ``InvalidInput`` naming the codec otherwise. None: the offer has no video at all."""
+    offered = _offered(description, "video")
+    if not any(m.kind == "video" for m in description.media):
+        return None
+    name = VIDEO_NAMES[session_codec]
+    if name == "VP8":
+        if any(n == "VP8" for n, _ in offered):
+            return ""
+    else:
+        profiles = {
+            _h264_profile(p)[:4]: _h264_profile(p)
+            for n, p in offered
+            if n == "H264" and str(p.get("packetization-mode", "0")) == "1"
+        }
+        for wanted in H264_PROFILES:
+            if wanted[:4] in profiles:
+                return wanted
+    names = sorted({n for n, _ in offered if n not in ("RTX", "RED", "ULPFEC", "FLEXFEC-03")})
+    detail = (
+        f"this session's video is {name}"
+        + (" (constrained baseline or baseline, packetization-mode 1)" if name == "H264" else "")
+        + f", which the {who} does not offer (offered: {', '.join(names) or 'none'})"
+    )
+    raise InvalidInput(detail, code="unsupported_codec")
+
+
+def check_audio(description: SessionDescription, who: str) -> bool:
+    """True when the offer has Opus audio, False without audio; raise for audio without Opus."""
+    if not any(m.kind == "audio" for m in description.media):
+        return False
+    if any(n == "OPUS" for n, _ in _offered(description, "audio")):
+        return True
+    raise InvalidInput(
+        f"audio must be Opus, which the {who} does not offer", code="unsupported_codec"
+    )
+
+
+def video_preferences(session_codec: str, profile: str) -> list[RTCRtpCodecCapability]:
+    """The one video codec a transceiver may negotiate (no RTX: retransmissions are plain)."""
+    name = VIDEO_NAMES[session_codec]
+    return [
+        c
+        for c in _capabilities("video")
+        if c.name.upper() == name and (name != "H264" or _h264_profile(c.parameters) == profile)
+    ]
+
+
+def audio_preferences() -> list[RTCRtpCodecCapability]:
+    return [c for c in _capabilities("audio") if c.name.lower() == "opus"]
+
+
+def prefer(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecCapability]) -> None:
+    if not codecs:
+        raise InvalidInput("no codec of this kind is available", code="unsupported_codec")
+    transceiver.setCodecPreferences(codecs)

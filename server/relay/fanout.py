@@ -1,0 +1,239 @@
+"""One session's media hub: the current broadcaster, its viewers, and the keyframe policy."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from attendance.errors import Conflict
+from server.relay.feedback import KeyframeRequests
+from server.relay.ingest import Ingest
+from server.relay.packet import SourcePacket
+from server.relay.viewer import Viewer
+
+log = logging.getLogger(__name__)
+
+# A broadcaster silent this long counts as gone (the connection may take far longer to fail).
+SILENCE_S = 5.0
+# A viewer still without a keyframe this long after asking asks again (the PLI may be lost).
+KEYFRAME_RETRY_S = 1.0
+WATCH_INTERVAL_S = 0.5
+
+StateListener = Callable[[int, str], None]
+
+
+class SessionRelay:
+    """Fan-out for one study session. States: ``waiting`` (no broadcaster yet), ``live``,
+    ``paused`` (broadcaster gone, viewers stay), ``ended``."""
+
+    def __init__(self, session_id: int, video_codec: str, on_state: StateListener) -> None:
+        self.session_id = session_id
+        self.video_codec = video_codec
+        self.video_profile = "42e01f"
+        self._on_state = on_state
+        self.state = "waiting"
+        self.ingest: Ingest | None = None
+        self.viewers: dict[str, Viewer] = {}
+        self._epoch = 0
+        self.keyframes = KeyframeRequests()
+        self._keyframe_timer: asyncio.TimerHandle | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self.broadcasters_seen = 0
+        self.packets_out = {"audio": 0, "video": 0}
+        self.bytes_out = {"audio": 0, "video": 0}
+        self.viewers_served = 0
+
+    # -- broadcaster --------------------------------------------------------------------------
+
+    async def add_broadcaster(self, offer_sdp: str) -> tuple[str, str]:
+        """Accept a broadcaster; a live one is replaced (that is how broadcasters reconnect)."""
+        if self.state == "ended":
+            raise Conflict("the session has ended", code="session_ended")
+        self._epoch += 1
+        ingest = Ingest(
+            resource_id=secrets.token_urlsafe(12),
+            session_codec=self.video_codec,
+            epoch=self._epoch,
+            sink=self._forward,
+            on_gone=self._broadcaster_gone,
+        )
+        try:
+            answer = await ingest.answer(offer_sdp)
+        except BaseException:
+            await ingest.close()
+            raise
+        previous, self.ingest = self.ingest, ingest
+        self.broadcasters_seen += 1
+        if previous is not None:
+            log.info("session %s: broadcaster replaced", self.session_id)
+            await previous.close()
+        now = time.monotonic()
+        for viewer in self.viewers.values():
+            viewer.expect_keyframe(now)
+        self._set_state("live")
+        self._ensure_watch()
+        return ingest.resource_id, answer
+
+    async def remove_broadcaster(self, resource_id: str) -> bool:
+        if self.ingest is None or self.ingest.resource_id != resource_id:
+            return False
+        await self.ingest.close()
+        return True
+
+    def _broadcaster_gone(self, ingest: Ingest) -> None:
+        if ingest is self.ingest:
+            self.ingest = None
+            if self.state == "live":
+                self._set_state("paused")
+
+    # -- viewers ------------------------------------------------------------------------------
+
+    async def add_viewer(self, offer_sdp: str, kind: str, subject: str) -> tuple[str, str]:
+        if self.state == "ended":
+            raise Conflict("the session has ended", code="session_ended")
+        viewer = Viewer(
+            resource_id=secrets.token_urlsafe(12),
+            kind=kind,
+            subject=subject,
+            session_codec=self.video_codec,
+            video_profile=self.video_profile,
+            on_keyframe_request=self._viewer_wants_keyframe,
+            on_gone=self._viewer_gone,
+        )
+        try:
+            answer = await viewer.answer(offer_sdp)
+        except BaseException:
+            await viewer.close()
+            raise
+        self.viewers[viewer.resource_id] = viewer
+        self.viewers_served += 1
+        self._ensure_watch()
+        return viewer.resource_id, answer
+
+    async def remove_viewer(self, resource_id: str) -> bool:
+        viewer = self.viewers.get(resource_id)
+        if viewer is None:
+            return False
+        await viewer.close()
+        return True
+
+    def _viewer_gone(self, viewer: Viewer) -> None:
+        self.viewers.pop(viewer.resource_id, None)
+
+    def _viewer_wants_keyframe(self, viewer: Viewer) -> None:
+        if viewer.waiting_for_keyframe:
+            viewer.keyframe_asked_at = time.monotonic()
+        self.request_keyframe()
+
+    # -- media --------------------------------------------------------------------------------
+
+    async def _forward(self, packet: SourcePacket) -> None:
+        kind = packet.kind
+        sent = 0
+        for viewer in list(self.viewers.values()):
+            if viewer.ready:
+                await viewer.send(packet, packet.arrived_at)
+                sent += 1
+        self.packets_out[kind] += sent
+        self.bytes_out[kind] += sent * len(packet.payload)
+
+    def request_keyframe(self) -> None:
+        """Ask the broadcaster for a keyframe, at most once per interval however many ask."""
+        loop = asyncio.get_running_loop()
+        due = self.keyframes.request(loop.time())
+        if due is None:
+            return
+        self._keyframe_timer = loop.call_at(due, self._send_keyframe_request)
+
+    def _send_keyframe_request(self) -> None:
+        self._keyframe_timer = None
+        self.keyframes.mark_sent(asyncio.get_running_loop().time())
+        if self.ingest is not None:
+            self.ingest.request_keyframe()
+
+    def _ensure_watch(self) -> None:
+        if self._watch is None or self._watch.done():
+            self._watch = asyncio.create_task(self._watch_loop())
+
+    async def _watch_loop(self) -> None:
+        """Pause on a silent broadcaster; re-ask for keyframes that have not come."""
+        while self.state != "ended":
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            now = time.monotonic()
+            ingest = self.ingest
+            if ingest is not None:
+                ingest.sample(now)
+                last = ingest.last_packet_at or ingest.connected_at
+                if last is not None and now - last > SILENCE_S and self.state == "live":
+                    self._set_state("paused")
+                elif (
+                    ingest.last_packet_at
+                    and now - ingest.last_packet_at < 1
+                    and self.state == "paused"
+                ):
+                    self._set_state("live")
+            waiting = [
+                v
+                for v in self.viewers.values()
+                if v.ready
+                and v.waiting_for_keyframe
+                and (v.keyframe_asked_at is None or now - v.keyframe_asked_at > KEYFRAME_RETRY_S)
+            ]
+            if waiting and ingest is not None:
+                for v in waiting:
+                    v.keyframe_asked_at = now
+                self.request_keyframe()
+            if ingest is None and not self.viewers:
+                return
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            log.info("session %s: %s -> %s", self.session_id, self.state, state)
+            self.state = state
+            self._on_state(self.session_id, state)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def end(self) -> None:
+        """End the session: every peer is closed, nobody may join again."""
+        self._set_state("ended")
+        await self.close()
+
+    async def close(self) -> None:
+        if self._keyframe_timer is not None:
+            self._keyframe_timer.cancel()
+        if self._watch is not None:
+            self._watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watch
+        peers: list[Any] = list(self.viewers.values())
+        if self.ingest is not None:
+            peers.append(self.ingest)
+        await asyncio.gather(*(p.close() for p in peers), return_exceptions=True)
+
+    def stats(self) -> dict[str, Any]:
+        """What the stats endpoint and the dashboard show."""
+        ingest = self.ingest
+        by_kind: dict[str, int] = {}
+        for v in self.viewers.values():
+            by_kind[v.kind] = by_kind.get(v.kind, 0) + 1
+        return {
+            "session_id": self.session_id,
+            "state": self.state,
+            "video_codec": self.video_codec,
+            "broadcaster": None if ingest is None else ingest.stats(),
+            "broadcasters_seen": self.broadcasters_seen,
+            "viewers": {"total": len(self.viewers), "by_kind": by_kind},
+            "viewers_served": self.viewers_served,
+            "packets_out": dict(self.packets_out),
+            "bytes_out": dict(self.bytes_out),
+            "keyframe_requests": {"asked": self.keyframes.requested, "sent": self.keyframes.sent},
+            "nacks_received": sum(v.nacks_received for v in self.viewers.values()),
+            "retransmitted": sum(v.retransmitted for v in self.viewers.values()),
+            "viewer_details": [v.stats() for v in self.viewers.values()],
+        }

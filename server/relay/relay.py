@@ -1,0 +1,76 @@
+"""All sessions' media hubs on this node, with the node's viewer cap."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from server.relay.fanout import SessionRelay, StateListener
+
+log = logging.getLogger(__name__)
+
+
+class Relay:
+    """Owns every ``SessionRelay`` of the process. ``close()`` is idempotent."""
+
+    def __init__(self, *, max_viewers: int, on_state: StateListener) -> None:
+        self.max_viewers = max_viewers
+        self._on_state = on_state
+        self.sessions: dict[int, SessionRelay] = {}
+        self._closed = False
+
+    def session(self, session_id: int, video_codec: str) -> SessionRelay:
+        """The hub of a session, made on first use."""
+        hub = self.sessions.get(session_id)
+        if hub is None:
+            hub = SessionRelay(session_id, video_codec, self._on_state)
+            self.sessions[session_id] = hub
+        return hub
+
+    @property
+    def viewer_count(self) -> int:
+        return sum(len(s.viewers) for s in self.sessions.values())
+
+    @property
+    def has_room(self) -> bool:
+        return self.viewer_count < self.max_viewers
+
+    async def end_session(self, session_id: int) -> None:
+        hub = self.sessions.get(session_id)
+        if hub is not None:
+            await hub.end()
+
+    def totals(self) -> dict[str, Any]:
+        """Node-wide counters for metrics."""
+        viewers: dict[str, int] = {}
+        packets = {"audio": 0, "video": 0}
+        octets = {"audio": 0, "video": 0}
+        nacks = plis = retransmitted = broadcasters = 0
+        for hub in self.sessions.values():
+            for v in hub.viewers.values():
+                viewers[v.kind] = viewers.get(v.kind, 0) + 1
+                nacks += v.nacks_received
+                retransmitted += v.retransmitted
+            for kind in packets:
+                packets[kind] += hub.packets_out[kind]
+                octets[kind] += hub.bytes_out[kind]
+            plis += hub.keyframes.sent
+            broadcasters += hub.ingest is not None
+        return {
+            "sessions": len(self.sessions),
+            "broadcasters": broadcasters,
+            "viewers": viewers,
+            "packets_out": packets,
+            "bytes_out": octets,
+            "nacks": nacks,
+            "retransmitted": retransmitted,
+            "plis_upstream": plis,
+        }
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(*(s.close() for s in self.sessions.values()), return_exceptions=True)
+        self.sessions.clear()

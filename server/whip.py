@@ -1,0 +1,180 @@
+"""WHIP (RFC 9725) and WHEP endpoints: SDP offers in, SDP answers out, one resource per peer.
+
+``POST /whip/{session}`` publishes with a broadcaster token, ``POST /whep/{session}`` plays with
+a viewer, venue or member token. Both answer ``201 Created`` with the SDP answer and a
+``Location``; ``DELETE`` on it hangs up. CORS is open (tokens are bearer headers, not cookies),
+so a page or tool on another origin can publish or play.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from sqlalchemy import select
+
+from attendance.errors import Conflict, NotFound
+from attendance.models import SessionState, StudySession
+from server.auth import CLOCK, SETTINGS, STORE, public
+from server.http_errors import BodyTooLarge, Overloaded, UnsupportedMediaType
+from server.relay.codecs import MAX_SDP_BYTES
+from server.relay.fanout import SessionRelay
+from server.relay.relay import Relay
+from server.tokens import VIEWER_ROLES, TokenClaims, TokenRole, bearer, verify
+
+log = logging.getLogger(__name__)
+
+RELAY = web.AppKey("studycast.relay", Relay)
+SDP = "application/sdp"
+RETRY_AFTER_FULL_S = 30
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
+    "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Post",
+    "Access-Control-Max-Age": "600",
+}
+
+routes = web.RouteTableDef()
+
+
+def _session_id(request: web.Request) -> int:
+    raw = request.match_info["session_id"]
+    if not raw.isdigit() or len(raw) > 12:
+        raise NotFound(f"no study session {raw!r}")
+    return int(raw)
+
+
+def _claims(request: web.Request, session_id: int, roles: frozenset[TokenRole]) -> TokenClaims:
+    return verify(
+        request.config_dict[SETTINGS].resolved_secret_key(),
+        bearer(request.headers.get("Authorization")),
+        session_id=session_id,
+        roles=roles,
+        now=request.config_dict[CLOCK](),
+    )
+
+
+async def _session_hub(request: web.Request, session_id: int) -> SessionRelay:
+    async with request.config_dict[STORE].read() as db:
+        row = (
+            await db.execute(
+                select(StudySession.state, StudySession.video_codec).where(
+                    StudySession.id == session_id
+                )
+            )
+        ).one_or_none()
+    if row is None:
+        raise NotFound(f"no study session {session_id}")
+    state, codec = row
+    if state == SessionState.ENDED:
+        raise Conflict(f"study session {session_id} has ended", code="session_ended")
+    return request.config_dict[RELAY].session(session_id, codec.value)
+
+
+async def _read_offer(request: web.Request) -> str:
+    content_type = request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+    if content_type != SDP:
+        raise UnsupportedMediaType(
+            f"the offer must be sent as {SDP}, not {content_type or 'no content type'}"
+        )
+    if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
+        raise BodyTooLarge(f"the SDP offer is larger than {MAX_SDP_BYTES // 1024} KiB")
+    body = await request.content.read(MAX_SDP_BYTES + 1)
+    if len(body) > MAX_SDP_BYTES:
+        raise BodyTooLarge(f"the SDP offer is larger than {MAX_SDP_BYTES // 1024} KiB")
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnsupportedMediaType("the SDP offer is not UTF-8 text") from None
+
+
+def _created(location: str, answer: str) -> web.Response:
+    return web.Response(
+        status=201,
+        text=answer,
+        content_type=SDP,
+        headers={"Location": location, **CORS_HEADERS},
+    )
+
+
+@routes.post("/whip/{session_id}")
+@public  # authenticated by the broadcaster token
+async def whip_publish(request: web.Request) -> web.Response:
+    """Start (or take over) the broadcast of a session."""
+    session_id = _session_id(request)
+    _claims(request, session_id, frozenset({TokenRole.BROADCASTER}))
+    hub = await _session_hub(request, session_id)
+    offer = await _read_offer(request)
+    resource, answer = await hub.add_broadcaster(offer)
+    log.info("session %s: broadcaster %s connected", session_id, resource)
+    return _created(f"/whip/{session_id}/{resource}", answer)
+
+
+@routes.post("/whep/{session_id}")
+@public  # authenticated by the viewer token
+async def whep_play(request: web.Request) -> web.Response:
+    """Start playing a session (before its broadcast starts, too)."""
+    session_id = _session_id(request)
+    claims = _claims(request, session_id, VIEWER_ROLES)
+    relay = request.config_dict[RELAY]
+    hub = await _session_hub(request, session_id)
+    if not relay.has_room:
+        raise Overloaded(
+            f"this node serves its maximum of {relay.max_viewers} viewers",
+            retry_after=RETRY_AFTER_FULL_S,
+        )
+    offer = await _read_offer(request)
+    resource, answer = await hub.add_viewer(offer, claims.role.value, claims.subject)
+    return _created(f"/whep/{session_id}/{resource}", answer)
+
+
+def _resource_handler(
+    roles: frozenset[TokenRole],
+    remove: Callable[[SessionRelay, str], Awaitable[bool]],
+) -> Callable[[web.Request], Awaitable[web.Response]]:
+    @public  # authenticated by the same token that created the resource
+    async def delete(request: web.Request) -> web.Response:
+        session_id = _session_id(request)
+        _claims(request, session_id, roles)
+        hub = request.config_dict[RELAY].sessions.get(session_id)
+        resource = request.match_info["resource"]
+        if hub is None or not await remove(hub, resource):
+            raise NotFound(f"no resource {resource!r} in session {session_id}")
+        return web.Response(status=200, headers=CORS_HEADERS)
+
+    return delete
+
+
+@public
+async def preflight(request: web.Request) -> web.Response:
+    """CORS preflight, and what WHIP clients read from OPTIONS (Accept-Post)."""
+    return web.Response(status=204, headers={**CORS_HEADERS, "Accept-Post": SDP})
+
+
+@public
+async def not_allowed(request: web.Request) -> web.Response:
+    raise web.HTTPMethodNotAllowed(request.method, ["DELETE", "OPTIONS"], headers=CORS_HEADERS)
+
+
+async def _remove_broadcaster(hub: SessionRelay, resource: str) -> bool:
+    return await hub.remove_broadcaster(resource)
+
+
+async def _remove_viewer(hub: SessionRelay, resource: str) -> bool:
+    return await hub.remove_viewer(resource)
+
+
+def add_routes(app: web.Application) -> None:
+    app.add_routes(routes)
+    for prefix, roles, remove in (
+        ("/whip", frozenset({TokenRole.BROADCASTER}), _remove_broadcaster),
+        ("/whep", VIEWER_ROLES, _remove_viewer),
+    ):
+        app.router.add_route("OPTIONS", prefix + "/{session_id}", preflight)
+        resource = prefix + "/{session_id}/{resource}"
+        app.router.add_route("DELETE", resource, _resource_handler(roles, remove))
+        app.router.add_route("OPTIONS", resource, preflight)
+        for method in ("GET", "PATCH", "PUT", "POST"):
+            app.router.add_route(method, resource, not_allowed)
