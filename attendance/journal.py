@@ -152,9 +152,9 @@ async def append_attendance_events(
 async def count_attendance_events(db: AsyncSession, session_id: int) -> int:
     return int(
         await db.scalar(
-            select(func.count()).select_from(AttendanceEvent).where(
-                AttendanceEvent.session_id == session_id
-            )
+            select(func.count())
+            .select_from(AttendanceEvent)
+            .where(AttendanceEvent.session_id == session_id)
         )
         or 0
     )

@@ -218,9 +218,7 @@ class StudySession(Base):
         secondary="session_expected_units", order_by=OrgUnit.path
     )
 
-    __table_args__ = (
-        CheckConstraint("scheduled_end > scheduled_start", name="ends_after_start"),
-    )
+    __table_args__ = (CheckConstraint("scheduled_end > scheduled_start", name="ends_after_start"),)
 
 
 class SessionVenue(Base):

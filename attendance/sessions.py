@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from attendance.clock import as_utc
-from attendance.errors import NotFound, invalid_input
+from attendance.errors import Conflict, NotFound, invalid_input
 from attendance.journal import record_admin_event
 from attendance.models import SessionState, StudySession, Venue, VideoCodec
 from attendance.units import get_unit
@@ -99,8 +99,27 @@ async def create_session(
     db.add(session)
     await db.flush()
     await record_admin_event(
-        db, now=now, actor=actor, action="session_created", target=f"session:{session.id}",
+        db,
+        now=now,
+        actor=actor,
+        action="session_created",
+        target=f"session:{session.id}",
         detail={"title": draft.title, "venues": draft.venues, "units": draft.expected_units},
+    )
+    return session
+
+
+async def end_session(
+    db: AsyncSession, session_id: int, *, now: datetime, actor: str
+) -> StudySession:
+    """Mark a session ended (for good: nobody may broadcast or join it again)."""
+    session = await get_session(db, session_id)
+    if session.state == SessionState.ENDED:
+        raise Conflict(f"study session {session_id} has ended already", code="session_ended")
+    session.state = SessionState.ENDED
+    session.ended_at = now
+    await record_admin_event(
+        db, now=now, actor=actor, action="session_ended", target=f"session:{session_id}"
     )
     return session
 

@@ -97,7 +97,11 @@ async def add_user(
     db.add(user)
     await db.flush()
     await record_admin_event(
-        db, now=now, actor=actor, action="user_added", target=f"user:{username}",
+        db,
+        now=now,
+        actor=actor,
+        action="user_added",
+        target=f"user:{username}",
         detail={"role": role.value},
     )
     return user
@@ -133,12 +137,20 @@ async def authenticate(
         if _hasher.check_needs_rehash(user.password_hash):
             user.password_hash = hash_password(password)
         await record_admin_event(
-            db, now=now, actor=f"user:{username}", action="login", target=f"user:{username}",
+            db,
+            now=now,
+            actor=f"user:{username}",
+            action="login",
+            target=f"user:{username}",
             detail={"role": user.role.value, "source": source},
         )
         return LoginOutcome(user, "ok")
     await record_admin_event(
-        db, now=now, actor=source, action="login_failed", target=f"user:{username[:64]}",
+        db,
+        now=now,
+        actor=source,
+        action="login_failed",
+        target=f"user:{username[:64]}",
         detail={"reason": reason},
     )
     return LoginOutcome(None, reason)

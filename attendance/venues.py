@@ -74,7 +74,11 @@ async def add_venue(
     db.add(venue)
     await db.flush()
     await record_admin_event(
-        db, now=now, actor=actor, action="venue_added", target=f"venue:{slug}",
+        db,
+        now=now,
+        actor=actor,
+        action="venue_added",
+        target=f"venue:{slug}",
         detail={"name": name, "unit": unit.path},
     )
     return venue_info(venue)

@@ -18,14 +18,17 @@ from attendance.models import Role, SessionState
 from attendance.sessions import (
     create_session,
     describe,
+    end_session,
     get_session,
     list_sessions,
     parse_draft,
 )
 from attendance.units import list_units
 from attendance.venues import add_venue, list_venues
-from server.auth import CLOCK, STORE, current_user, require_role
+from server.auth import CLOCK, SETTINGS, STORE, current_user, require_role
 from server.http_errors import read_json_object
+from server.links import session_links
+from server.whip import RELAY
 
 routes = web.RouteTableDef()
 
@@ -139,3 +142,66 @@ async def sessions_show(request: web.Request) -> web.Response:
     async with request.config_dict[STORE].read() as db:
         body = describe(await get_session(db, session_id))
     return web.json_response(body)
+
+
+@routes.get("/api/sessions/{id}/stats")
+@require_role(Role.ORGANISER, Role.AUDITOR)
+async def sessions_stats(request: web.Request) -> web.Response:
+    """Live media statistics: broadcaster, viewers by kind, packets, NACKs, PLIs, loss."""
+    session_id = _id_param(request, "study session")
+    async with request.config_dict[STORE].read() as db:
+        session = await get_session(db, session_id)
+        state = session.state.value
+        codec = session.video_codec.value
+    hub = request.config_dict[RELAY].sessions.get(session_id)
+    if hub is None:
+        body: dict[str, Any] = {
+            "session_id": session_id,
+            "state": state,
+            "video_codec": codec,
+            "broadcaster": None,
+            "viewers": {"total": 0, "by_kind": {}},
+        }
+    else:
+        body = hub.stats()
+        body["state"] = state
+    return web.json_response(body)
+
+
+@routes.get("/api/sessions/{id}/links")
+@require_role(Role.ORGANISER)
+async def sessions_links(request: web.Request) -> web.Response:
+    """The WHIP settings for OBS or the browser and the session's viewer link."""
+    session_id = _id_param(request, "study session")
+    async with request.config_dict[STORE].read() as db:
+        await get_session(db, session_id)
+    return web.json_response(
+        session_links(
+            request.config_dict[SETTINGS],
+            session_id,
+            now=request.config_dict[CLOCK](),
+            base_url=_public_base(request),
+        )
+    )
+
+
+@routes.post("/api/sessions/{id}/end")
+@require_role(Role.ORGANISER)
+async def sessions_end(request: web.Request) -> web.Response:
+    """End a session: the broadcast and every viewer are disconnected, nobody may rejoin."""
+    user = await current_user(request)
+    session_id = _id_param(request, "study session")
+    store = request.config_dict[STORE]
+    async with store.write() as db:
+        await end_session(db, session_id, now=request.config_dict[CLOCK](), actor=user.actor)
+    await request.config_dict[RELAY].end_session(session_id)
+    async with store.read() as db:
+        body = describe(await get_session(db, session_id))
+    return web.json_response(body)
+
+
+def _public_base(request: web.Request) -> str:
+    settings = request.config_dict[SETTINGS]
+    if settings.public_base_url:
+        return settings.public_base_url
+    return f"{request.scheme}://{request.host}"

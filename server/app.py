@@ -7,6 +7,7 @@ the store it is given and closes it on cleanup.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from attendance.errors import StoreError
 from attendance.store import Store
 from server import api, auth, whip
 from server.auth import CLOCK, LOGIN_BRAKE, SETTINGS, STORE, LoginBrake, public
-from server.broadcast_state import BroadcastStateRecorder
+from server.broadcast_state import BroadcastStateRecorder, follow_ended_sessions
 from server.http_errors import error_middleware
 from server.metrics import METRICS, Metrics, count_requests, metrics_endpoint
 from server.relay.ice import advertise_addresses
@@ -100,7 +101,11 @@ async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
 async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
     """The media relay and its state recorder live as long as the app; peers close first."""
     app[STATE_RECORDER].start()
+    follower = asyncio.create_task(follow_ended_sessions(app[STORE], app[RELAY]))
     yield
+    follower.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await follower
     await app[RELAY].close()
     await app[STATE_RECORDER].close()
     log.info("relay closed")

@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import logging
 
+from sqlalchemy import select
+
 from attendance.clock import Clock
 from attendance.errors import StudycastError
 from attendance.journal import record_admin_event
 from attendance.models import SessionState, StudySession
 from attendance.store import Store
+from server.relay.relay import Relay
 
 log = logging.getLogger(__name__)
 
@@ -85,3 +88,28 @@ class BroadcastStateRecorder:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+
+
+async def follow_ended_sessions(store: Store, relay: Relay, interval: float = 5.0) -> None:
+    """End the relay's hubs of sessions ended elsewhere (``studycast session end``, another
+    node); runs until cancelled."""
+    while True:
+        await asyncio.sleep(interval)
+        ids = [sid for sid, hub in relay.sessions.items() if hub.state != "ended"]
+        if not ids:
+            continue
+        try:
+            async with store.read() as db:
+                ended = (
+                    await db.scalars(
+                        select(StudySession.id).where(
+                            StudySession.id.in_(ids), StudySession.state == SessionState.ENDED
+                        )
+                    )
+                ).all()
+        except StudycastError as exc:
+            log.warning("could not check for ended sessions: %s", exc.detail)
+            continue
+        for session_id in ended:
+            log.info("session %s was ended elsewhere: closing its peers", session_id)
+            await relay.end_session(session_id)

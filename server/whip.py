@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from sqlalchemy import select
 
 from attendance.errors import Conflict, NotFound
@@ -133,7 +134,7 @@ async def whep_play(request: web.Request) -> web.Response:
 def _resource_handler(
     roles: frozenset[TokenRole],
     remove: Callable[[SessionRelay, str], Awaitable[bool]],
-) -> Callable[[web.Request], Awaitable[web.Response]]:
+) -> Handler:
     @public  # authenticated by the same token that created the resource
     async def delete(request: web.Request) -> web.Response:
         session_id = _session_id(request)

@@ -28,6 +28,7 @@ from attendance.store import Store
 from attendance.users import authenticate
 from server.cli import main
 from server.settings import Settings
+from server.tokens import VIEWER_ROLES, TokenRole, verify
 
 T = TypeVar("T")
 HEAD = head_revision()
@@ -475,6 +476,8 @@ def test_sessions(venues: Cli) -> None:
     created = in_utc(created)
     units = created.pop("expected_units")
     assert sorted(units) == sorted(["北京", "上海"])
+    assert {created.pop(k)[:4] for k in ("whip_url", "whep_url")} == {"http"}
+    assert all(created.pop(k).count(".") == 2 for k in ("whip_token", "whep_token"))
     assert created == {
         "id": created["id"],
         "title": "季度学习会",
@@ -499,6 +502,8 @@ def test_sessions(venues: Cli) -> None:
 
     # A time without a zone is the local time of the machine (here UTC+8); defaults apply.
     weekly = in_utc(cli.json("session", "create", "Weekly reading", "--start", "2026-12-02 19:30"))
+    for key in ("whip_url", "whip_token", "whep_url", "whep_token"):
+        weekly.pop(key)
     assert weekly == {
         "id": weekly["id"],
         "title": "Weekly reading",
@@ -614,8 +619,18 @@ def test_session_create_errors_store_nothing(venues: Cli) -> None:
 
 def test_session_create_json_matches_show(venues: Cli) -> None:
     created = venues.json("session", "create", "季度学习会", "--start", "2026-12-01T19:30+08:00")
+    links = {k: created.pop(k) for k in ("whip_url", "whip_token", "whep_url", "whep_token")}
     assert created == venues.json("session", "show", str(created["id"]))
     assert created["scheduled_start"] == "2026-12-01T11:30:00+00:00"
+    # Absolute URLs from the configured base, and tokens scoped to this session and role.
+    sid = created["id"]
+    assert links["whip_url"] == f"http://127.0.0.1:8080/whip/{sid}"
+    assert links["whep_url"] == f"http://127.0.0.1:8080/whep/{sid}"
+    secret = (venues.data_dir / "secret_key").read_text().strip()
+    assert verify(secret, links["whip_token"], session_id=sid,
+                  roles=frozenset({TokenRole.BROADCASTER}), now=utcnow()).role == "broadcaster"
+    assert verify(secret, links["whep_token"], session_id=sid,
+                  roles=VIEWER_ROLES, now=utcnow()).role == "viewer"
 
 
 @SQLITE_ONLY

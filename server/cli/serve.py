@@ -21,14 +21,30 @@ log = logging.getLogger(__name__)
 @click.command()
 @click.option("--host", help="Address to listen on (STUDYCAST_HOST, default 127.0.0.1).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Port (STUDYCAST_PORT, default 8080).")
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False), help="Data directory (STUDYCAST_DATA_DIR)."
+)
+@click.option(
+    "--ice-address",
+    "ice_addresses",
+    multiple=True,
+    help="IP address offered to WebRTC peers (repeat; STUDYCAST_ICE_ADDRESSES).",
+)
 @click.option("--demo", is_flag=True, help="Seed a demo organisation if the store is empty.")
-def serve(host: str | None, port: int | None, demo: bool) -> None:
+def serve(
+    host: str | None,
+    port: int | None,
+    data_dir: str | None,
+    ice_addresses: tuple[str, ...],
+    demo: bool,
+) -> None:
     """Run the server until Ctrl-C or SIGTERM; migrates the store first."""
     overrides = click.get_current_context().find_root().ensure_object(dict)
-    if host is not None:
-        overrides["host"] = host
-    if port is not None:
-        overrides["port"] = port
+    for name, value in (("host", host), ("port", port), ("data_dir", data_dir)):
+        if value is not None:
+            overrides[name] = value
+    if ice_addresses:
+        overrides["ice_addresses"] = list(ice_addresses)
     settings = load_settings()
     configure_logging()
     run(_serve(settings, demo))

@@ -14,6 +14,7 @@ from attendance.sessions import (
     SessionDraft,
     create_session,
     describe,
+    end_session,
     get_session,
     list_sessions,
     parse_draft,
@@ -21,6 +22,7 @@ from attendance.sessions import (
 from attendance.store import Store
 from server.cli.common import echo_json, json_option, with_store
 from server.cli.output import print_table
+from server.links import session_links
 from server.settings import Settings
 
 
@@ -112,16 +114,72 @@ def create(
     )
 
     @with_store
-    async def go(store: Store, _settings: Settings) -> dict[str, Any]:
+    async def go(store: Store, settings: Settings) -> dict[str, Any]:
+        now = utcnow()
         async with store.write() as db:
-            created = await create_session(db, draft, now=utcnow(), actor="cli", user_id=None)
-            return describe(created)
+            created = await create_session(db, draft, now=now, actor="cli", user_id=None)
+            info = describe(created)
+        return {**info, **session_links(settings, info["id"], now=now)}
 
     info = go()
     if as_json:
         echo_json(info)
     else:
         click.echo(f"scheduled session {info['id']}: {info['title']} ({info['scheduled_start']})")
+        _echo_links(info)
+
+
+def _echo_links(links: dict[str, Any]) -> None:
+    click.echo(
+        "\n".join(
+            [
+                "  broadcast (OBS: Settings > Stream > Service WHIP):",
+                f"    server:        {links['whip_url']}",
+                f"    bearer token:  {links['whip_token']}",
+                "  watch (WHEP):",
+                f"    url:           {links['whep_url']}",
+                f"    bearer token:  {links['whep_token']}",
+            ]
+        )
+    )
+
+
+@session.command("links")
+@click.argument("session_id", type=click.IntRange(min=1))
+@json_option
+def links(session_id: int, as_json: bool) -> None:
+    """Print the WHIP settings (OBS) and the viewer link of a session, with fresh tokens."""
+
+    @with_store
+    async def go(store: Store, settings: Settings) -> dict[str, Any]:
+        async with store.read() as db:
+            await get_session(db, session_id)
+        return session_links(settings, session_id, now=utcnow())
+
+    info = go()
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(f"session {session_id}")
+        _echo_links(info)
+
+
+@session.command("end")
+@click.argument("session_id", type=click.IntRange(min=1))
+@json_option
+def end(session_id: int, as_json: bool) -> None:
+    """End a session for good (a running server disconnects its peers within seconds)."""
+
+    @with_store
+    async def go(store: Store, _settings: Settings) -> dict[str, Any]:
+        async with store.write() as db:
+            return describe(await end_session(db, session_id, now=utcnow(), actor="cli"))
+
+    info = go()
+    if as_json:
+        echo_json(info)
+    else:
+        click.echo(f"session {info['id']} ended")
 
 
 def _check_title(title: str) -> None:
