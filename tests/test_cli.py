@@ -524,7 +524,12 @@ def test_sessions(venues: Cli) -> None:
         "--end", "2026-11-30T09:00:00Z",
     )
     early_id = weekly["id"] + 1
-    assert plain == f"scheduled session {early_id}: Early (2026-11-30T08:00:00+00:00)\n"
+    first, *rest = plain.splitlines()
+    assert first == f"scheduled session {early_id}: Early (2026-11-30T08:00:00+00:00)"
+    assert [line.split(":")[0].strip() for line in rest] == [
+        "broadcast (OBS", "server", "bearer token", "watch (WHEP)", "url", "bearer token",
+    ]
+    assert rest[1].endswith(f"/whip/{early_id}") and rest[4].endswith(f"/whep/{early_id}")
     early = cli.json("session", "show", str(early_id))
 
     # Newest scheduled first.
