@@ -22,7 +22,7 @@ from server import api, auth, whip
 from server.auth import CLOCK, LOGIN_BRAKE, SETTINGS, STORE, LoginBrake, public
 from server.broadcast_state import BroadcastStateRecorder, follow_ended_sessions
 from server.http_errors import error_middleware
-from server.metrics import METRICS, Metrics, count_requests, metrics_endpoint
+from server.metrics import METRICS, Metrics, RelayCollector, count_requests, metrics_endpoint
 from server.relay.ice import advertise_addresses
 from server.relay.relay import Relay
 from server.settings import Settings
@@ -76,6 +76,7 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
     recorder = BroadcastStateRecorder(store, clock)
     app[STATE_RECORDER] = recorder
     app[RELAY] = Relay(max_viewers=settings.max_viewers, on_state=recorder)
+    app[METRICS].registry.register(RelayCollector(app[RELAY].totals))
     app.cleanup_ctx.append(_store_lifetime)
     app.cleanup_ctx.append(_relay_lifetime)
     app.on_response_prepare.append(_security_headers)

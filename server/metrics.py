@@ -6,6 +6,9 @@ the tests, count separately.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import (
@@ -17,6 +20,8 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 # Methods we label as themselves; anything else is "other", so clients cannot grow the series.
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -50,6 +55,46 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RelayCollector(Collector):
+    """Reads the relay's counters at scrape time; labels are media and viewer kinds only."""
+
+    def __init__(self, totals: Callable[[], dict[str, Any]]) -> None:
+        self._totals = totals
+
+    def collect(self) -> Iterator[Metric]:
+        t = self._totals()
+        yield GaugeMetricFamily(
+            "studycast_relay_sessions", "Sessions with a media hub on this node.", t["sessions"]
+        )
+        yield GaugeMetricFamily(
+            "studycast_relay_broadcasters", "Connected broadcasters.", t["broadcasters"]
+        )
+        viewers = GaugeMetricFamily(
+            "studycast_relay_viewers", "Connected viewers, by kind.", labels=["kind"]
+        )
+        for kind in ("viewer", "venue", "member"):
+            viewers.add_metric([kind], t["viewers"].get(kind, 0))
+        yield viewers
+        for name, key, text in (
+            ("studycast_relay_packets_out", "packets_out", "RTP packets sent to viewers."),
+            ("studycast_relay_bytes_out", "bytes_out", "RTP payload bytes sent to viewers."),
+        ):
+            family = CounterMetricFamily(name, text, labels=["media"])
+            for media, value in t[key].items():
+                family.add_metric([media], value)
+            yield family
+        for name, key, text in (
+            ("studycast_relay_nacks", "nacks", "NACK packets received from viewers."),
+            ("studycast_relay_retransmissions", "retransmitted", "Packets resent for NACKs."),
+            (
+                "studycast_relay_plis_upstream",
+                "plis_upstream",
+                "Keyframe requests to broadcasters.",
+            ),
+        ):
+            yield CounterMetricFamily(name, text, value=t[key])
 
 
 METRICS = web.AppKey("studycast.metrics", Metrics)

@@ -47,6 +47,8 @@ class SessionRelay:
         self.packets_out = {"audio": 0, "video": 0}
         self.bytes_out = {"audio": 0, "video": 0}
         self.viewers_served = 0
+        # Counters of viewers that have left, so totals only ever grow.
+        self.left = {"nacks": 0, "retransmitted": 0, "plis": 0}
 
     # -- broadcaster --------------------------------------------------------------------------
 
@@ -123,7 +125,19 @@ class SessionRelay:
         return True
 
     def _viewer_gone(self, viewer: Viewer) -> None:
-        self.viewers.pop(viewer.resource_id, None)
+        if self.viewers.pop(viewer.resource_id, None) is not None:
+            self.left["nacks"] += viewer.nacks_received
+            self.left["retransmitted"] += viewer.retransmitted
+            self.left["plis"] += viewer.plis_received
+
+    def feedback_totals(self) -> dict[str, int]:
+        """NACKs, retransmissions and PLIs from viewers, since the hub began."""
+        totals = dict(self.left)
+        for v in self.viewers.values():
+            totals["nacks"] += v.nacks_received
+            totals["retransmitted"] += v.retransmitted
+            totals["plis"] += v.plis_received
+        return totals
 
     def _viewer_wants_keyframe(self, viewer: Viewer) -> None:
         if viewer.waiting_for_keyframe:
@@ -233,7 +247,6 @@ class SessionRelay:
             "packets_out": dict(self.packets_out),
             "bytes_out": dict(self.bytes_out),
             "keyframe_requests": {"asked": self.keyframes.requested, "sent": self.keyframes.sent},
-            "nacks_received": sum(v.nacks_received for v in self.viewers.values()),
-            "retransmitted": sum(v.retransmitted for v in self.viewers.values()),
+            "viewer_feedback": self.feedback_totals(),
             "viewer_details": [v.stats() for v in self.viewers.values()],
         }

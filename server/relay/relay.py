@@ -50,8 +50,9 @@ class Relay:
         for hub in self.sessions.values():
             for v in hub.viewers.values():
                 viewers[v.kind] = viewers.get(v.kind, 0) + 1
-                nacks += v.nacks_received
-                retransmitted += v.retransmitted
+            feedback = hub.feedback_totals()
+            nacks += feedback["nacks"]
+            retransmitted += feedback["retransmitted"]
             for kind in packets:
                 packets[kind] += hub.packets_out[kind]
                 octets[kind] += hub.bytes_out[kind]
