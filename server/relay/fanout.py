@@ -43,6 +43,7 @@ class SessionRelay:
         self.keyframes = KeyframeRequests()
         self._keyframe_timer: asyncio.TimerHandle | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Future[None]] = set()
         self.broadcasters_seen = 0
         self.packets_out = {"audio": 0, "video": 0}
         self.bytes_out = {"audio": 0, "video": 0}
@@ -124,6 +125,11 @@ class SessionRelay:
         await viewer.close()
         return True
 
+    def _drop(self, viewer: Viewer) -> None:
+        task = asyncio.ensure_future(viewer.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     def _viewer_gone(self, viewer: Viewer) -> None:
         if self.viewers.pop(viewer.resource_id, None) is not None:
             self.left["nacks"] += viewer.nacks_received
@@ -151,7 +157,13 @@ class SessionRelay:
         sent = 0
         for viewer in list(self.viewers.values()):
             if viewer.ready:
-                await viewer.send(packet, packet.arrived_at)
+                try:
+                    await viewer.send(packet, packet.arrived_at)
+                except Exception:
+                    # One broken viewer must never stall the broadcast for the others.
+                    log.exception("session %s: dropping viewer %s", self.session_id, viewer)
+                    self._drop(viewer)
+                    continue
                 sent += 1
         self.packets_out[kind] += sent
         self.bytes_out[kind] += sent * len(packet.payload)

@@ -251,6 +251,9 @@ class Viewer:
         elif state in ("failed", "closed"):
             await self.close()
 
+    def __repr__(self) -> str:
+        return f"<Viewer {self.resource_id} {self.kind} {self.subject}>"
+
     async def close(self) -> None:
         if self._closed:
             return
