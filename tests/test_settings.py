@@ -44,6 +44,8 @@ def test_defaults(tmp_path: Path) -> None:
         "database_url": None,
         "secret_key": None,
         "public_base_url": None,
+        "ice_addresses": None,
+        "max_viewers": 500,
         "login_ttl_hours": 12.0,
         "max_body_bytes": 1024 * 1024,
     }
@@ -51,6 +53,16 @@ def test_defaults(tmp_path: Path) -> None:
     assert s.base_url() == "http://127.0.0.1:8080"
     assert s.base_url(port=9123) == "http://127.0.0.1:9123"
     assert not (tmp_path / "data").exists()  # nothing is created just by reading settings
+
+
+def test_ice_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STUDYCAST_ICE_ADDRESSES", " 127.0.0.1, 192.0.2.10 ,::1")
+    assert Settings().ice_addresses == ["127.0.0.1", "192.0.2.10", "::1"]
+    monkeypatch.setenv("STUDYCAST_ICE_ADDRESSES", "relay.example.org")
+    with pytest.raises(ValidationError, match="ice_addresses"):
+        Settings()
+    monkeypatch.setenv("STUDYCAST_ICE_ADDRESSES", "")
+    assert Settings().ice_addresses is None
 
 
 def test_env_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
