@@ -80,13 +80,19 @@ async def _read_offer(request: web.Request) -> str:
         raise UnsupportedMediaType(
             f"the offer must be sent as {SDP}, not {content_type or 'no content type'}"
         )
+    too_large = BodyTooLarge(f"the SDP offer is larger than {MAX_SDP_BYTES // 1024} KiB")
     if request.content_length is not None and request.content_length > MAX_SDP_BYTES:
-        raise BodyTooLarge(f"the SDP offer is larger than {MAX_SDP_BYTES // 1024} KiB")
-    body = await request.content.read(MAX_SDP_BYTES + 1)
-    if len(body) > MAX_SDP_BYTES:
-        raise BodyTooLarge(f"the SDP offer is larger than {MAX_SDP_BYTES // 1024} KiB")
+        raise too_large
+    chunks: list[bytes] = []
+    size = 0
+    # The whole body, however it is split on the wire, but never more than the limit.
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > MAX_SDP_BYTES:
+            raise too_large
+        chunks.append(chunk)
     try:
-        return body.decode("utf-8")
+        return b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError:
         raise UnsupportedMediaType("the SDP offer is not UTF-8 text") from None
 
@@ -121,13 +127,17 @@ async def whep_play(request: web.Request) -> web.Response:
     claims = _claims(request, session_id, VIEWER_ROLES)
     relay = request.config_dict[RELAY]
     hub = await _session_hub(request, session_id)
-    if not relay.has_room:
+    # The place is taken before negotiating, so concurrent offers cannot pass the cap together.
+    if not relay.reserve_viewer():
         raise Overloaded(
             f"this node serves its maximum of {relay.max_viewers} viewers",
             retry_after=RETRY_AFTER_FULL_S,
         )
-    offer = await _read_offer(request)
-    resource, answer = await hub.add_viewer(offer, claims.role.value, claims.subject)
+    try:
+        offer = await _read_offer(request)
+        resource, answer = await hub.add_viewer(offer, claims.role.value, claims.subject)
+    finally:
+        relay.release_viewer()
     return _created(f"/whep/{session_id}/{resource}", answer)
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from aiortc import RTCRtpTransceiver
+from aiortc import RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc.exceptions import OperationError
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 from aiortc.sdp import SessionDescription
@@ -39,7 +40,35 @@ def parse_offer(text: str) -> SessionDescription:
         raise InvalidInput(f"the SDP offer cannot be parsed: {exc!r}", code="bad_sdp") from None
     if not description.media:
         raise InvalidInput("the SDP offer has no media sections", code="bad_sdp")
+    for index, media in enumerate(description.media):
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise InvalidInput(
+                f"media section {index} has no ICE credentials (a=ice-ufrag, a=ice-pwd)",
+                code="bad_sdp",
+            )
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise InvalidInput(
+                f"media section {index} has no DTLS fingerprint and setup role "
+                "(a=fingerprint, a=setup)",
+                code="bad_sdp",
+            )
+    if not any(media.ice_candidates for media in description.media):
+        raise InvalidInput(
+            "the SDP offer has no ICE candidates: gather them before sending it "
+            "(trickle ICE is not supported)",
+            code="bad_sdp",
+        )
     return description
+
+
+async def negotiate(pc: RTCPeerConnection, offer_sdp: str) -> str:
+    """Apply an offer and make the answer; aiortc's own failures become a 400 ``bad_sdp``."""
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
+        await pc.setLocalDescription(await pc.createAnswer())
+    except (ValueError, AttributeError, KeyError, IndexError, TypeError, OperationError) as exc:
+        raise InvalidInput(f"the SDP offer cannot be used: {exc}", code="bad_sdp") from None
+    return str(pc.localDescription.sdp)
 
 
 def _h264_profile(parameters: Mapping[str, object]) -> str:
@@ -55,9 +84,15 @@ def _offered(description: SessionDescription, kind: str) -> list[tuple[str, dict
     ]
 
 
-def choose_video(description: SessionDescription, session_codec: str, who: str) -> str | None:
+def choose_video(
+    description: SessionDescription,
+    session_codec: str,
+    who: str,
+    profiles: tuple[str, ...] = H264_PROFILES,
+) -> str | None:
     """The profile to use (H.264) or '' (VP8) when the offer can carry the session's video;
-    raise ``InvalidInput`` naming the codec otherwise. None: the offer has no video at all."""
+    raise ``InvalidInput`` naming the codec otherwise. None: the offer has no video at all.
+    ``profiles`` are the acceptable H.264 profiles, best first (viewers: the broadcaster's)."""
     offered = _offered(description, "video")
     if not any(m.kind == "video" for m in description.media):
         return None
@@ -66,21 +101,31 @@ def choose_video(description: SessionDescription, session_codec: str, who: str) 
         if any(n == "VP8" for n, _ in offered):
             return ""
     else:
-        profiles = {
+        offered_profiles = {
             _h264_profile(p)[:4]: _h264_profile(p)
             for n, p in offered
             if n == "H264" and str(p.get("packetization-mode", "0")) == "1"
         }
-        for wanted in H264_PROFILES:
-            if wanted[:4] in profiles:
+        for wanted in profiles:
+            if wanted[:4] in offered_profiles:
                 return wanted
     names = sorted({n for n, _ in offered if n not in ("RTX", "RED", "ULPFEC", "FLEXFEC-03")})
     detail = (
         f"this session's video is {name}"
-        + (" (constrained baseline or baseline, packetization-mode 1)" if name == "H264" else "")
+        + (
+            f" ({_describe_profiles(profiles)}, packetization-mode 1)"
+            if name == "H264"
+            else ""
+        )
         + f", which the {who} does not offer (offered: {', '.join(names) or 'none'})"
     )
     raise InvalidInput(detail, code="unsupported_codec")
+
+
+def _describe_profiles(profiles: tuple[str, ...]) -> str:
+    if profiles == H264_PROFILES:
+        return "constrained baseline or baseline"
+    return "profile-level-id " + " or ".join(profiles)
 
 
 def check_audio(description: SessionDescription, who: str) -> bool:

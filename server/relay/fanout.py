@@ -72,6 +72,9 @@ class SessionRelay:
             raise
         previous, self.ingest = self.ingest, ingest
         self.broadcasters_seen += 1
+        if ingest.profile:
+            # Viewers from now on are answered with the broadcaster's H.264 profile.
+            self.video_profile = ingest.profile
         if previous is not None:
             log.info("session %s: broadcaster replaced", self.session_id)
             await previous.close()

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.rtp import RtpPacket
 
 from attendance.errors import InvalidInput
@@ -47,6 +47,8 @@ class Ingest:
         self._on_gone = on_gone
         self.pc = RTCPeerConnection(rtc_configuration())
         self.video_receiver: RTCRtpReceiver | None = None
+        self._keyframe_ts: int | None = None
+        self.profile = ""  # the negotiated H.264 profile-level-id ('' for VP8)
         self.video_ssrc: int | None = None
         self.video_codec_name = codecs.VIDEO_NAMES[session_codec]
         self.connected_at: float | None = None
@@ -78,9 +80,8 @@ class Ingest:
             codecs.prefer(audio, codecs.audio_preferences())
             self._tap(audio.receiver, "audio")
         self.video_receiver = video.receiver
-        await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-        return str(self.pc.localDescription.sdp)
+        self.profile = profile
+        return await codecs.negotiate(self.pc, offer_sdp)
 
     def _tap(self, receiver: RTCRtpReceiver, kind: str) -> None:
         original_receive = receiver.receive
@@ -98,7 +99,14 @@ class Ingest:
             self.last_packet_at = now
             self.packets_in[kind] += 1
             self.bytes_in[kind] += len(packet.payload)
-            key = is_video and keyframe_start(codec_name, packet.payload)
+            # One start per keyframe: an SPS packet and the IDR slice after it share a timestamp.
+            key = (
+                is_video
+                and packet.timestamp != self._keyframe_ts
+                and keyframe_start(codec_name, packet.payload)
+            )
+            if key:
+                self._keyframe_ts = packet.timestamp
             if is_video:
                 self.video_ssrc = packet.ssrc
                 if packet.marker:

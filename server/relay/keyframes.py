@@ -34,25 +34,34 @@ def vp8_keyframe_start(payload: bytes) -> bool:
     return pos < len(payload) and not payload[pos] & 0x01
 
 
+def _starts_keyframe(nal: bytes) -> bool:
+    """An SPS, or the first slice of an IDR picture (first_mb_in_slice = 0, coded as bit '1')."""
+    nal_type = nal[0] & 0x1F
+    if nal_type == H264_SPS:
+        return True
+    return nal_type == H264_IDR and len(nal) > 1 and bool(nal[1] & 0x80)
+
+
 def h264_keyframe_start(payload: bytes) -> bool:
-    """RFC 6184: a packet carrying an SPS, or the first fragment or whole NAL of an IDR slice."""
+    """RFC 6184: a packet carrying an SPS, or the whole NAL or first fragment of the first slice
+    of an IDR picture. (A keyframe's later slices do not start it.)"""
     if not payload:
         return False
     nal_type = payload[0] & 0x1F
-    if nal_type in (H264_SPS, H264_IDR):
-        return True
     if nal_type == H264_STAP_A:
         pos = 1
         while pos + 2 < len(payload):
             size = int.from_bytes(payload[pos : pos + 2], "big")
-            if payload[pos + 2] & 0x1F in (H264_SPS, H264_IDR):
+            nal = payload[pos + 2 : pos + 2 + size]
+            if nal and _starts_keyframe(nal):
                 return True
             pos += 2 + size
         return False
-    if nal_type == H264_FU_A and len(payload) >= 2:
-        header = payload[1]
-        return bool(header & 0x80) and header & 0x1F == H264_IDR
-    return False
+    if nal_type == H264_FU_A:
+        if len(payload) < 3 or not payload[1] & 0x80:  # S bit: the first fragment
+            return False
+        return _starts_keyframe(bytes([payload[1] & 0x1F, payload[2]]))
+    return _starts_keyframe(payload)
 
 
 def keyframe_start(codec_name: str, payload: bytes) -> bool:

@@ -18,6 +18,7 @@ class Relay:
         self.max_viewers = max_viewers
         self._on_state = on_state
         self.sessions: dict[int, SessionRelay] = {}
+        self._joining = 0
         self._closed = False
 
     def session(self, session_id: int, video_codec: str) -> SessionRelay:
@@ -30,11 +31,19 @@ class Relay:
 
     @property
     def viewer_count(self) -> int:
-        return sum(len(s.viewers) for s in self.sessions.values())
+        """Connected viewers plus those still negotiating."""
+        return sum(len(s.viewers) for s in self.sessions.values()) + self._joining
 
-    @property
-    def has_room(self) -> bool:
-        return self.viewer_count < self.max_viewers
+    def reserve_viewer(self) -> bool:
+        """Take a place for a viewer about to negotiate; False when the node is full. Every
+        True must be matched by ``release_viewer()`` once the viewer is added or has failed."""
+        if self.viewer_count >= self.max_viewers:
+            return False
+        self._joining += 1
+        return True
+
+    def release_viewer(self) -> None:
+        self._joining -= 1
 
     async def end_session(self, session_id: int) -> None:
         hub = self.sessions.get(session_id)

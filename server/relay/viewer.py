@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender
 from aiortc import clock as rtc_clock
 from aiortc.rtp import (
     RTCP_PSFB_FIR,
@@ -95,12 +95,12 @@ class Viewer:
 
     async def answer(self, offer_sdp: str) -> str:
         description = codecs.parse_offer(offer_sdp)
-        profile = codecs.choose_video(description, self.session_codec, "viewer")
+        profile = codecs.choose_video(
+            description, self.session_codec, "viewer", (self.video_profile,)
+        )
         has_audio = codecs.check_audio(description, "viewer")
         if profile is None and not has_audio:
             raise InvalidInput("the viewer offers neither video nor audio", code="bad_sdp")
-        if profile is not None and self.session_codec == "h264":
-            self.video_profile = profile
         tracks = []
         if profile is not None:
             video = self.pc.addTransceiver("video", direction="sendonly")
@@ -114,8 +114,7 @@ class Viewer:
             transceiver.sender.replaceTrack(SilentTrack(kind))
             transceiver.sender._handle_rtcp_packet = self._rtcp_handler(kind)  # type: ignore[method-assign,assignment]
             self._senders[kind] = transceiver.sender
-        await self.pc.setRemoteDescription(RTCSessionDescription(offer_sdp, "offer"))
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        answer = await codecs.negotiate(self.pc, offer_sdp)
         for kind, transceiver in tracks:
             codec = transceiver._codecs[0]
             assert codec.payloadType is not None
@@ -135,7 +134,7 @@ class Viewer:
             self._history[kind] = {}
         if "video" not in self.streams:
             self.waiting_for_keyframe = False
-        return str(self.pc.localDescription.sdp)
+        return answer
 
     @property
     def ready(self) -> bool:
