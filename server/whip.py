@@ -100,7 +100,7 @@ async def _read_offer(request: web.Request) -> str:
 def _created(location: str, answer: str) -> web.Response:
     return web.Response(
         status=201,
-        text=answer,
+        body=answer.encode("utf-8"),
         content_type=SDP,
         headers={"Location": location, **CORS_HEADERS},
     )
@@ -113,8 +113,11 @@ async def whip_publish(request: web.Request) -> web.Response:
     session_id = _session_id(request)
     _claims(request, session_id, frozenset({TokenRole.BROADCASTER}))
     hub = await _session_hub(request, session_id)
-    offer = await _read_offer(request)
-    resource, answer = await hub.add_broadcaster(offer)
+    try:
+        offer = await _read_offer(request)
+        resource, answer = await hub.add_broadcaster(offer)
+    finally:
+        request.config_dict[RELAY].prune(session_id)
     log.info("session %s: broadcaster %s connected", session_id, resource)
     return _created(f"/whip/{session_id}/{resource}", answer)
 
@@ -138,6 +141,7 @@ async def whep_play(request: web.Request) -> web.Response:
         resource, answer = await hub.add_viewer(offer, claims.role.value, claims.subject)
     finally:
         relay.release_viewer()
+        relay.prune(session_id)
     return _created(f"/whep/{session_id}/{resource}", answer)
 
 

@@ -358,7 +358,7 @@ class Stage:
 
     @property
     def hub(self) -> SessionRelay:
-        return self.app[RELAY].sessions[self.session_id]
+        return self.app[RELAY].session(self.session_id, self.codec)
 
     def url(self, path: str) -> str:
         return str(self.client.make_url(path))

@@ -112,11 +112,7 @@ def choose_video(
     names = sorted({n for n, _ in offered if n not in ("RTX", "RED", "ULPFEC", "FLEXFEC-03")})
     detail = (
         f"this session's video is {name}"
-        + (
-            f" ({_describe_profiles(profiles)}, packetization-mode 1)"
-            if name == "H264"
-            else ""
-        )
+        + (f" ({_describe_profiles(profiles)}, packetization-mode 1)" if name == "H264" else "")
         + f", which the {who} does not offer (offered: {', '.join(names) or 'none'})"
     )
     raise InvalidInput(detail, code="unsupported_codec")

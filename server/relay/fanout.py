@@ -31,11 +31,18 @@ class SessionRelay:
     """Fan-out for one study session. States: ``waiting`` (no broadcaster yet), ``live``,
     ``paused`` (broadcaster gone, viewers stay), ``ended``."""
 
-    def __init__(self, session_id: int, video_codec: str, on_state: StateListener) -> None:
+    def __init__(
+        self,
+        session_id: int,
+        video_codec: str,
+        on_state: StateListener,
+        on_idle: Callable[[int], None] | None = None,
+    ) -> None:
         self.session_id = session_id
         self.video_codec = video_codec
         self.video_profile = "42e01f"
         self._on_state = on_state
+        self._on_idle = on_idle
         self.state = "waiting"
         self.ingest: Ingest | None = None
         self.viewers: dict[str, Viewer] = {}
@@ -218,6 +225,9 @@ class SessionRelay:
                     v.keyframe_asked_at = now
                 self.request_keyframe()
             if ingest is None and not self.viewers:
+                self._watch = None
+                if self._on_idle is not None:
+                    self._on_idle(self.session_id)
                 return
 
     def _set_state(self, state: str) -> None:
@@ -225,6 +235,16 @@ class SessionRelay:
             log.info("session %s: %s -> %s", self.session_id, self.state, state)
             self.state = state
             self._on_state(self.session_id, state)
+
+    @property
+    def idle(self) -> bool:
+        """Nobody connected and nothing pending: the hub can be forgotten (the store keeps the
+        session's state)."""
+        return (
+            self.ingest is None
+            and not self.viewers
+            and (self._watch is None or self._watch.done())
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 

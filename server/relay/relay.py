@@ -19,13 +19,20 @@ class Relay:
         self._on_state = on_state
         self.sessions: dict[int, SessionRelay] = {}
         self._joining = 0
+        self._retired: dict[str, Any] = {
+            "packets_out": {"audio": 0, "video": 0},
+            "bytes_out": {"audio": 0, "video": 0},
+            "nacks": 0,
+            "retransmitted": 0,
+            "plis_upstream": 0,
+        }
         self._closed = False
 
     def session(self, session_id: int, video_codec: str) -> SessionRelay:
         """The hub of a session, made on first use."""
         hub = self.sessions.get(session_id)
         if hub is None:
-            hub = SessionRelay(session_id, video_codec, self._on_state)
+            hub = SessionRelay(session_id, video_codec, self._on_state, on_idle=self.prune)
             self.sessions[session_id] = hub
         return hub
 
@@ -45,17 +52,38 @@ class Relay:
     def release_viewer(self) -> None:
         self._joining -= 1
 
+    def prune(self, session_id: int) -> None:
+        """Forget a hub nobody uses (no broadcaster, no viewers), keeping its counters."""
+        hub = self.sessions.get(session_id)
+        if hub is None or not hub.idle:
+            return
+        del self.sessions[session_id]
+        for kind in self._retired["packets_out"]:
+            self._retired["packets_out"][kind] += hub.packets_out[kind]
+            self._retired["bytes_out"][kind] += hub.bytes_out[kind]
+        feedback = hub.feedback_totals()
+        self._retired["nacks"] += feedback["nacks"]
+        self._retired["retransmitted"] += feedback["retransmitted"]
+        self._retired["plis_upstream"] += hub.keyframes.sent
+
     async def end_session(self, session_id: int) -> None:
         hub = self.sessions.get(session_id)
         if hub is not None:
             await hub.end()
+            self.prune(session_id)
 
     def totals(self) -> dict[str, Any]:
         """Node-wide counters for metrics."""
         viewers: dict[str, int] = {}
-        packets = {"audio": 0, "video": 0}
-        octets = {"audio": 0, "video": 0}
-        nacks = plis = retransmitted = broadcasters = 0
+        retired = self._retired
+        packets = dict(retired["packets_out"])
+        octets = dict(retired["bytes_out"])
+        nacks, plis, retransmitted = (
+            retired["nacks"],
+            retired["plis_upstream"],
+            retired["retransmitted"],
+        )
+        broadcasters = 0
         for hub in self.sessions.values():
             for v in hub.viewers.values():
                 viewers[v.kind] = viewers.get(v.kind, 0) + 1
