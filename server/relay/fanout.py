@@ -165,16 +165,15 @@ class SessionRelay:
     async def _forward(self, packet: SourcePacket) -> None:
         kind = packet.kind
         sent = 0
+        now = packet.arrived_at
         for viewer in list(self.viewers.values()):
             if viewer.ready:
                 try:
-                    await viewer.send(packet, packet.arrived_at)
+                    sent += await viewer.send(packet, now)
                 except Exception:
                     # One broken viewer must never stall the broadcast for the others.
                     log.exception("session %s: dropping viewer %s", self.session_id, viewer)
                     self._drop(viewer)
-                    continue
-                sent += 1
         self.packets_out[kind] += sent
         self.bytes_out[kind] += sent * len(packet.payload)
 
@@ -197,22 +196,31 @@ class SessionRelay:
             self._watch = asyncio.create_task(self._watch_loop())
 
     async def _watch_loop(self) -> None:
-        """Pause on a silent broadcaster; re-ask for keyframes that have not come."""
+        """Every half second until nobody is connected: see ``_watch_tick``."""
         while self.state != "ended":
             await asyncio.sleep(WATCH_INTERVAL_S)
-            now = time.monotonic()
-            ingest = self.ingest
-            if ingest is not None:
-                ingest.sample(now)
-                last = ingest.last_packet_at or ingest.connected_at
-                if last is not None and now - last > SILENCE_S and self.state == "live":
-                    self._set_state("paused")
-                elif (
-                    ingest.last_packet_at
-                    and now - ingest.last_packet_at < 1
-                    and self.state == "paused"
-                ):
-                    self._set_state("live")
+            if not self._watch_tick(time.monotonic()):
+                self._watch = None
+                if self._on_idle is not None:
+                    self._on_idle(self.session_id)
+                return
+
+    def _watch_tick(self, now: float) -> bool:
+        """Pause on a silent broadcaster, resume when it speaks again; re-ask for keyframes that
+        have not come; feed sender reports. False once nobody is connected. (A method of its
+        own, so no viewer stays referenced from the sleeping loop.)"""
+        for viewer in self.viewers.values():
+            viewer.sync_sender_reports(now)
+        ingest = self.ingest
+        if ingest is not None:
+            ingest.sample(now)
+            last = ingest.last_packet_at or ingest.connected_at
+            if last is not None and now - last > SILENCE_S and self.state == "live":
+                self._set_state("paused")
+            elif (
+                ingest.last_packet_at and now - ingest.last_packet_at < 1 and self.state == "paused"
+            ):
+                self._set_state("live")
             waiting = [
                 v
                 for v in self.viewers.values()
@@ -220,15 +228,11 @@ class SessionRelay:
                 and v.waiting_for_keyframe
                 and (v.keyframe_asked_at is None or now - v.keyframe_asked_at > KEYFRAME_RETRY_S)
             ]
-            if waiting and ingest is not None:
-                for v in waiting:
-                    v.keyframe_asked_at = now
+            for v in waiting:
+                v.keyframe_asked_at = now
+            if waiting:
                 self.request_keyframe()
-            if ingest is None and not self.viewers:
-                self._watch = None
-                if self._on_idle is not None:
-                    self._on_idle(self.session_id)
-                return
+        return ingest is not None or bool(self.viewers)
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
@@ -241,9 +245,7 @@ class SessionRelay:
         """Nobody connected and nothing pending: the hub can be forgotten (the store keeps the
         session's state)."""
         return (
-            self.ingest is None
-            and not self.viewers
-            and (self._watch is None or self._watch.done())
+            self.ingest is None and not self.viewers and (self._watch is None or self._watch.done())
         )
 
     # -- lifecycle ----------------------------------------------------------------------------

@@ -8,7 +8,9 @@ thread before any frame reaches it, and pass every decrypted RTP packet to the f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,6 +26,9 @@ from server.relay.meter import RateMeter
 from server.relay.packet import SourcePacket
 
 log = logging.getLogger(__name__)
+
+# Bytes of socket receive buffer for a broadcaster (the kernel caps it at rmem_max).
+INGEST_RCVBUF = 4 * 1024 * 1024
 
 PacketSink = Callable[[SourcePacket], Awaitable[None]]
 
@@ -170,10 +175,22 @@ class Ingest:
         log.info("broadcaster %s connection %s", self.resource_id, state)
         if state == "connected" and self.connected_at is None:
             self.connected_at = time.monotonic()
+            self._enlarge_receive_buffers()
         elif state in ("failed", "closed"):
             self._on_gone(self)
             if state == "failed":
                 await self.close()
+
+    def _enlarge_receive_buffers(self) -> None:
+        """The whole fan-out of a packet runs before the next is read: a deep socket buffer
+        rides out those bursts instead of dropping the broadcaster's packets for everyone."""
+        for transceiver in self.pc.getTransceivers():
+            ice = transceiver.receiver.transport.transport
+            for protocol in getattr(ice._connection, "_protocols", []):
+                sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, INGEST_RCVBUF)
 
     async def close(self) -> None:
         if self._closed:

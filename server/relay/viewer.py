@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCRtpSender
@@ -90,6 +90,8 @@ class Viewer:
         self.fraction_lost = 0.0
         self.packets_lost = 0
         self.jitter = 0
+        self._send_rtp: dict[str, Callable[[bytes], Awaitable[None]]] = {}
+        self.ready = False  # connected and not closed: media may be sent
         self._closed = False
         self.pc.on("connectionstatechange", self._state_changed)
 
@@ -132,22 +134,20 @@ class Viewer:
                 extensions=one_byte_extensions(mid_ext) if mid_ext else b"",
             )
             self._history[kind] = {}
+            # Bound once: the transport is fixed after negotiation (BUNDLE or not).
+            self._send_rtp[kind] = transceiver.sender.transport._send_rtp
         if "video" not in self.streams:
             self.waiting_for_keyframe = False
         return answer
 
-    @property
-    def ready(self) -> bool:
-        return self.pc.connectionState == "connected" and not self._closed
-
-    async def send(self, packet: SourcePacket, now: float) -> None:
-        """Forward one source packet, rewritten for this viewer."""
+    async def send(self, packet: SourcePacket, now: float) -> bool:
+        """Forward one source packet, rewritten for this viewer; False when it was not sent."""
         stream = self.streams.get(packet.kind)
         if stream is None:
-            return
+            return False
         if packet.kind == "video" and self.waiting_for_keyframe:
             if not packet.keyframe_start:
-                return
+                return False
             self.waiting_for_keyframe = False
             if self.first_keyframe_at is None:
                 self.first_keyframe_at = now
@@ -156,13 +156,13 @@ class Viewer:
         header, seq = stream.header(packet.seq, packet.timestamp, packet.marker, now)
         history = self._history[packet.kind]
         history[seq % HISTORY[packet.kind]] = (packet, header)
+        try:
+            await self._send_rtp[packet.kind](header + packet.payload)
+        except ConnectionError:
+            return False
         stream.packets += 1
         stream.octets += len(packet.payload)
-        try:
-            await self._senders[packet.kind].transport._send_rtp(header + packet.payload)
-        except ConnectionError:
-            return
-        self._note_sent(packet.kind, stream)
+        return True
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -193,13 +193,20 @@ class Viewer:
             self.waiting_for_keyframe = True
             self.keyframe_asked_at = now
 
-    def _note_sent(self, kind: str, stream: OutboundStream) -> None:
-        # Keep the stock sender's counters true, so its sender reports (lip sync) are right.
-        sender = self._senders[kind]
-        sender._RTCRtpSender__ntp_timestamp = rtc_clock.current_ntp_time()  # type: ignore[attr-defined]
-        sender._RTCRtpSender__rtp_timestamp = stream.timestamp  # type: ignore[attr-defined]
-        sender._RTCRtpSender__packet_count = stream.packets  # type: ignore[attr-defined]
-        sender._RTCRtpSender__octet_count = stream.octets  # type: ignore[attr-defined]
+    def sync_sender_reports(self, now: float) -> None:
+        """Give the stock senders our counters and the (NTP, RTP) time of the last packet, so
+        the sender reports they send (lip sync, viewers' stats) are right. Called a few times a
+        second rather than per packet: reading the clock per packet per viewer costs."""
+        ntp_now = rtc_clock.current_ntp_time()
+        for kind, stream in self.streams.items():
+            if stream.last_sent_at is None:
+                continue
+            sender = self._senders[kind]
+            ntp = ntp_now - int((now - stream.last_sent_at) * (1 << 32))
+            sender._RTCRtpSender__ntp_timestamp = ntp  # type: ignore[attr-defined]
+            sender._RTCRtpSender__rtp_timestamp = stream.timestamp  # type: ignore[attr-defined]
+            sender._RTCRtpSender__packet_count = stream.packets  # type: ignore[attr-defined]
+            sender._RTCRtpSender__octet_count = stream.octets  # type: ignore[attr-defined]
 
     def _rtcp_handler(self, kind: str) -> Callable[[Any], Any]:
         async def handle(packet: Any) -> None:
@@ -227,7 +234,6 @@ class Viewer:
         stream = self.streams.get(kind)
         if not history or stream is None:
             return
-        transport = self._senders[kind].transport
         size = HISTORY[kind]
         for seq in lost:
             entry = history.get(seq % size)
@@ -238,13 +244,14 @@ class Viewer:
                 continue  # overwritten by a newer packet
             self.retransmitted += 1
             try:
-                await transport._send_rtp(header + packet.payload)
+                await self._send_rtp[kind](header + packet.payload)
             except ConnectionError:
                 return
 
     async def _state_changed(self) -> None:
         state = self.pc.connectionState
         log.debug("viewer %s connection %s", self.resource_id, state)
+        self.ready = state == "connected" and not self._closed
         if state == "connected":
             self._on_keyframe_request(self)
         elif state in ("failed", "closed"):
@@ -257,6 +264,7 @@ class Viewer:
         if self._closed:
             return
         self._closed = True
+        self.ready = False
         self._history.clear()
         await self.pc.close()
         self._on_gone(self)
