@@ -43,6 +43,7 @@ from client.publisher import (
     post_offer,
 )
 from server.relay.ice import advertise_addresses, check_addresses, rtc_configuration
+from server.relay.keyframes import keyframe_start
 
 MAX_VIEWERS = 2000
 MAX_SECONDS = 3600
@@ -51,7 +52,6 @@ DEFAULT_RAMP_PER_SECOND = 20.0
 SPAWN_ALLOWANCE = 30.0  # a spawned process imports aiortc and av before its first viewer
 CLOSE_ALLOWANCE = 20.0
 _MAX_TRACKED_MISSING = 2048
-_H264_KEY_NAL_TYPES = frozenset((5, 7))  # IDR slice, SPS
 COUNTS = (  # what StreamCounter counts, by attribute name
     "packets",
     "bytes",
@@ -71,52 +71,9 @@ COUNTS = (  # what StreamCounter counts, by attribute name
 
 
 def is_keyframe_start(codec: str, payload: bytes) -> bool:
-    """Whether this RTP payload begins a keyframe (reads at most a few header bytes).
-
-    VP8 (RFC 7741): start of partition 0 and the payload header's P bit is 0.
-    H.264 (RFC 6184): an IDR slice or SPS as a single NAL unit, inside a STAP-A, or starting an
-    FU-A.
-    """
-    if codec == "vp8":
-        return _vp8_keyframe_start(payload)
-    if codec == "h264":
-        return _h264_keyframe_start(payload)
-    return False
-
-
-def _vp8_keyframe_start(p: bytes) -> bool:
-    n = len(p)
-    if n < 2 or not p[0] & 0x10 or p[0] & 0x0F:
-        return False  # not S=1 with PID=0
-    pos = 1
-    if p[0] & 0x80:  # X: extension byte follows
-        ext = p[1]
-        pos = 2
-        if ext & 0x80:  # I: PictureID, 7 or 15 bits
-            if pos >= n:
-                return False
-            pos += 2 if p[pos] & 0x80 else 1
-        if ext & 0x40:  # L: TL0PICIDX
-            pos += 1
-        if ext & 0x30:  # T or K: TID/KEYIDX byte
-            pos += 1
-    return pos < n and not p[pos] & 0x01
-
-
-def _h264_keyframe_start(p: bytes) -> bool:
-    if not p:
-        return False
-    nal_type = p[0] & 0x1F
-    if nal_type == 28:  # FU-A: the start fragment carries the original type
-        return len(p) > 1 and bool(p[1] & 0x80) and (p[1] & 0x1F) in _H264_KEY_NAL_TYPES
-    if nal_type == 24:  # STAP-A: 16-bit size, then each NAL unit
-        pos = 1
-        while pos + 2 < len(p):
-            if p[pos + 2] & 0x1F in _H264_KEY_NAL_TYPES:
-                return True
-            pos += 2 + ((p[pos] << 8) | p[pos + 1])
-        return False
-    return nal_type in _H264_KEY_NAL_TYPES
+    """Whether this RTP payload begins a keyframe (reads at most a few header bytes): the
+    relay's own rule (``server.relay.keyframes``), so both sides agree on what a start is."""
+    return keyframe_start(codec, payload)
 
 
 def payload_codecs(answer_sdp: str) -> dict[str, dict[int, str]]:

@@ -109,13 +109,13 @@ def test_h264_packet_forms() -> None:
         False,
         False,
     ]
-    fu_start, fu_middle = b"\x7c\x85" + b"\x00" * 8, b"\x7c\x05" + b"\x00" * 8
+    # FU-A: the first fragment of an IDR picture's first slice (first_mb_in_slice 0: bit '1').
+    fu_start, fu_middle = b"\x7c\x85\x88" + b"\x00" * 7, b"\x7c\x05" + b"\x00" * 8
+    fu_later_slice = b"\x7c\x85" + b"\x00" * 8
     fu_p_start = b"\x5c\x81" + b"\x00" * 8
-    assert [is_keyframe_start("h264", p) for p in (fu_start, fu_middle, fu_p_start)] == [
-        True,
-        False,
-        False,
-    ]
+    assert [
+        is_keyframe_start("h264", p) for p in (fu_start, fu_middle, fu_later_slice, fu_p_start)
+    ] == [True, False, False, False]
     assert not is_keyframe_start("h264", b"") and not is_keyframe_start("opus", sps)
 
 
