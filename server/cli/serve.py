@@ -100,6 +100,10 @@ def _announce(base: str, demo: Demo | None, logins_file: Path) -> None:
         )
         if demo.session_id is not None:
             lines.append(f"  demo session id:              {demo.session_id}")
+            lines.append(
+                f"  its WHIP/WHEP links (OBS):    studycast --data-dir {logins_file.parent} "
+                f"session links {demo.session_id}"
+            )
         if demo.logins:
             lines.append(f"  demo logins (also in {logins_file}):")
             lines.extend(
