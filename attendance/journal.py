@@ -31,6 +31,12 @@ async def _chain_head(db: AsyncSession, model: type[AttendanceEvent] | type[Admi
     return head or GENESIS
 
 
+async def lock_attendance_chain(db: AsyncSession) -> None:
+    """Hold the attendance chain for the rest of the transaction (PostgreSQL; on SQLite the
+    single write path already does), so a batch is judged against state nobody else changes."""
+    await _chain_head(db, AttendanceEvent)
+
+
 def admin_event_fields(
     at: datetime, actor: str, action: str, target: str | None, detail: dict[str, Any]
 ) -> dict[str, Any]:

@@ -293,6 +293,8 @@ class PresenceCheck(Base):
     opened_at: Mapped[datetime]
     closes_at: Mapped[datetime]
     created_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # Scheduled checks open later: set when the check was announced to the screens.
+    announced_at: Mapped[datetime | None]
 
 
 class PresenceResponse(Base):
@@ -305,7 +307,8 @@ class PresenceResponse(Base):
     member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), index=True)
     answered_at: Mapped[datetime]
     code_given: Mapped[str] = mapped_column(String(16))
-    outcome: Mapped[str] = mapped_column(String(16))  # passed | wrong_code | late | replay
+    # passed | wrong_code | late | replay | not_open | too_many
+    outcome: Mapped[str] = mapped_column(String(16))
     event_id: Mapped[int | None] = mapped_column(ForeignKey("attendance_events.id"))
 
 
@@ -316,35 +319,47 @@ class QuizQuestion(Base):
     session_id: Mapped[int] = mapped_column(ForeignKey("study_sessions.id"), index=True)
     position: Mapped[int] = mapped_column(Integer)
     prompt: Mapped[str] = mapped_column(Text)
-    kind: Mapped[str] = mapped_column(String(16), default="single")  # single | multiple
+    kind: Mapped[str] = mapped_column(String(16), default="single")  # single|multiple|true_false
     options: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"choices": [...]}
     correct: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"choices": [0, 2]}
-    points: Mapped[int] = mapped_column(Integer, default=1)
-    time_limit_s: Mapped[int] = mapped_column(Integer, default=60)
+    points: Mapped[int] = mapped_column(Integer, default=10)
+    time_limit_s: Mapped[int] = mapped_column(Integer, default=30)
     opened_at: Mapped[datetime | None]
     closes_at: Mapped[datetime | None]
+    # When it actually closed (the timer ran out or the organiser closed it early).
+    closed_at: Mapped[datetime | None]
     revealed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime | None]
 
     __table_args__ = (UniqueConstraint("session_id", "position"),)
 
 
 class QuizAnswer(Base):
-    """A member's (or a venue team's) answer to a question; scored when it arrives."""
+    """The answer that counts of one answerer (a member, or a venue answering as a team) to a
+    question: the last one before the question closed. Every attempt stays in the event log."""
 
     __tablename__ = "quiz_answers"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     question_id: Mapped[int] = mapped_column(ForeignKey("quiz_questions.id"), index=True)
+    # "member:1001" or "venue:bj-1" (team answer)
+    answerer: Mapped[str] = mapped_column(String(100))
     member_id: Mapped[int | None] = mapped_column(ForeignKey("members.id"), index=True)
     venue_id: Mapped[int | None] = mapped_column(ForeignKey("venues.id"))
     answer: Mapped[dict[str, Any]] = mapped_column(default=dict)
     answered_at: Mapped[datetime]
     correct: Mapped[bool | None] = mapped_column(Boolean)
     points_awarded: Mapped[int] = mapped_column(Integer, default=0)
+    speed_bonus: Mapped[int] = mapped_column(Integer, default=0)
     event_id: Mapped[int | None] = mapped_column(ForeignKey("attendance_events.id"))
+
+    __table_args__ = (UniqueConstraint("question_id", "answerer"),)
 
 
 class StudyNote(Base):
+    """A member's study note for a session: submitted, then accepted or returned by a reviewer.
+    A returned note may be submitted again (a new row); the newest row is the current one."""
+
     __tablename__ = "study_notes"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -353,6 +368,66 @@ class StudyNote(Base):
     body: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
     event_id: Mapped[int | None] = mapped_column(ForeignKey("attendance_events.id"))
+    status: Mapped[str] = mapped_column(String(16), default="submitted")  # |accepted|returned
+    reviewed_by: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    reviewed_at: Mapped[datetime | None]
+    review_comment: Mapped[str | None] = mapped_column(Text)
+
+
+class SessionCheckin(Base):
+    """Where a member is checked in now (derived from the check-in events, for fast lookups)."""
+
+    __tablename__ = "session_checkins"
+
+    session_id: Mapped[int] = mapped_column(
+        ForeignKey("study_sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), primary_key=True)
+    venue_id: Mapped[int | None] = mapped_column(ForeignKey("venues.id"))  # None: checked out
+    since: Mapped[datetime]
+
+
+class SessionResult(Base):
+    """A member's evaluated attendance of an ended session (the rule applied at the end)."""
+
+    __tablename__ = "session_results"
+
+    session_id: Mapped[int] = mapped_column(
+        ForeignKey("study_sessions.id", ondelete="CASCADE"), primary_key=True
+    )
+    member_id: Mapped[int] = mapped_column(ForeignKey("members.id"), primary_key=True)
+    expected: Mapped[bool] = mapped_column(Boolean)
+    first_join: Mapped[datetime | None]
+    last_leave: Mapped[datetime | None]
+    watched_s: Mapped[float]
+    live_s: Mapped[float]
+    share: Mapped[float]
+    venue_id: Mapped[int | None] = mapped_column(ForeignKey("venues.id"))
+    presence_passed: Mapped[int] = mapped_column(Integer)
+    presence_total: Mapped[int] = mapped_column(Integer)
+    quiz_points: Mapped[int] = mapped_column(Integer)
+    qualified: Mapped[bool] = mapped_column(Boolean)
+    reason: Mapped[str] = mapped_column(Text)
+    evaluated_at: Mapped[datetime]
+
+
+class PointsEntry(Base):
+    """The points ledger: append-only; ``ref`` makes each award happen once. Corrections are
+    new entries with a reason."""
+
+    __tablename__ = "points_ledger"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    ref: Mapped[str] = mapped_column(String(120), unique=True)
+    member_id: Mapped[int | None] = mapped_column(ForeignKey("members.id"), index=True)
+    # A team award (venue quiz answer) has a venue and no member.
+    venue_id: Mapped[int | None] = mapped_column(ForeignKey("venues.id"), index=True)
+    unit_id: Mapped[int | None] = mapped_column(ForeignKey("org_units.id"))
+    session_id: Mapped[int | None] = mapped_column(ForeignKey("study_sessions.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # attendance | quiz | note | correction
+    points: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime]
 
 
 class Recording(Base):

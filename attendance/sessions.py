@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,7 +21,7 @@ from sqlalchemy.orm import selectinload
 
 from attendance.clock import as_utc
 from attendance.errors import Conflict, NotFound, invalid_input
-from attendance.journal import record_admin_event
+from attendance.journal import NewAttendanceEvent, append_attendance_events, record_admin_event
 from attendance.models import SessionState, StudySession, Venue, VideoCodec
 from attendance.units import get_unit
 from attendance.venues import get_venue
@@ -29,12 +30,20 @@ MAX_DURATION = timedelta(hours=24)
 
 
 class AttendanceRule(BaseModel):
-    """When a member counts as having attended (applied by the reports)."""
+    """When a member counts as having attended, and the points a session awards.
+
+    The default asks for at least 85% of the live time and at least 2 of 3 presence checks
+    (a share of 0.66: with 3 checks, 2 must pass; with 1 check, it must pass)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    min_share: float = Field(0.8, ge=0, le=1, description="share of live time watched")
+    min_share: float = Field(0.85, ge=0, le=1, description="share of live time watched")
+    min_presence_share: float = Field(
+        0.66, ge=0, le=1, description="share of the presence checks a member was given"
+    )
     min_presence_passed: int = Field(0, ge=0, le=100, description="presence checks passed")
+    attendance_points: int = Field(10, ge=0, le=1000, description="points for qualifying")
+    note_points: int = Field(5, ge=0, le=1000, description="points for an accepted note")
 
 
 class SessionDraft(BaseModel):
@@ -120,6 +129,21 @@ async def end_session(
     session.ended_at = now
     await record_admin_event(
         db, now=now, actor=actor, action="session_ended", target=f"session:{session_id}"
+    )
+    # Live time ends here, whatever the relay reports afterwards.
+    await append_attendance_events(
+        db,
+        [
+            NewAttendanceEvent(
+                session_id=session_id,
+                event_uuid=uuid.uuid5(uuid.NAMESPACE_URL, f"studycast:session:{session_id}:ended"),
+                kind="broadcast",
+                source=actor,
+                client_time=now,
+                payload={"state": "ended", "at": now.isoformat()},
+            )
+        ],
+        now=now,
     )
     return session
 

@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 from attendance.errors import InvalidInput, NotFound, invalid_input
+from attendance.evaluation import finalize_session
 from attendance.models import Role, SessionState
 from attendance.sessions import (
     create_session,
@@ -28,6 +29,7 @@ from attendance.venues import add_venue, list_venues
 from server.auth import CLOCK, SETTINGS, STORE, current_user, require_role
 from server.http_errors import read_json_object
 from server.links import session_links
+from server.live_events import LIVE, publish_session_state
 from server.whip import RELAY
 
 routes = web.RouteTableDef()
@@ -192,9 +194,13 @@ async def sessions_end(request: web.Request) -> web.Response:
     user = await current_user(request)
     session_id = _id_param(request, "study session")
     store = request.config_dict[STORE]
+    now = request.config_dict[CLOCK]()
     async with store.write() as db:
-        await end_session(db, session_id, now=request.config_dict[CLOCK](), actor=user.actor)
+        await end_session(db, session_id, now=now, actor=user.actor)
+        # Every member evaluated by the attendance rule; attendance points awarded.
+        await finalize_session(db, session_id, now=now)
     await request.config_dict[RELAY].end_session(session_id)
+    publish_session_state(request.config_dict[LIVE], session_id, "ended")
     async with store.read() as db:
         body = describe(await get_session(db, session_id))
     return web.json_response(body)

@@ -18,11 +18,14 @@ import client
 from attendance.clock import Clock, utcnow
 from attendance.errors import StoreError
 from attendance.store import Store
-from server import api, auth, whip
+from server import api, auth, points_api, presence_api, quiz_api, record_api, whip
 from server.auth import CLOCK, LOGIN_BRAKE, SETTINGS, STORE, LoginBrake, public
 from server.broadcast_state import BroadcastStateRecorder, follow_ended_sessions
 from server.http_errors import error_middleware
+from server.live import LiveHub
+from server.live_events import LIVE, publish_session_state
 from server.metrics import METRICS, Metrics, RelayCollector, count_requests, metrics_endpoint
+from server.record_tasks import DIRTY_QUESTIONS, EvidenceSampler, run_ticker
 from server.relay.ice import advertise_addresses
 from server.relay.relay import Relay
 from server.settings import Settings
@@ -73,9 +76,17 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
     app[LOGIN_BRAKE] = LoginBrake()
     if settings.ice_addresses:
         advertise_addresses(settings.ice_addresses)
+    app[LIVE] = LiveHub()
+    app[DIRTY_QUESTIONS] = set()
     recorder = BroadcastStateRecorder(store, clock)
     app[STATE_RECORDER] = recorder
-    app[RELAY] = Relay(max_viewers=settings.max_viewers, on_state=recorder)
+    live = app[LIVE]
+
+    def on_state(session_id: int, state: str) -> None:
+        recorder(session_id, state)
+        publish_session_state(live, session_id, state)
+
+    app[RELAY] = Relay(max_viewers=settings.max_viewers, on_state=on_state)
     app[METRICS].registry.register(RelayCollector(app[RELAY].totals))
     app.cleanup_ctx.append(_store_lifetime)
     app.cleanup_ctx.append(_relay_lifetime)
@@ -86,6 +97,10 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
     app.router.add_get("/metrics", public(metrics_endpoint))
     app.add_routes(auth.routes)
     app.add_routes(api.routes)
+    app.add_routes(record_api.routes)
+    app.add_routes(quiz_api.routes)
+    app.add_routes(presence_api.routes)
+    app.add_routes(points_api.routes)
     whip.add_routes(app)
     # Last, so that every route above wins over a file of the same name.
     app.router.add_get(r"/{path:[A-Za-z0-9_][A-Za-z0-9_./-]*\.[A-Za-z0-9]+}", web_file)
@@ -102,11 +117,23 @@ async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
 async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
     """The media relay and its state recorder live as long as the app; peers close first."""
     app[STATE_RECORDER].start()
-    follower = asyncio.create_task(follow_ended_sessions(app[STORE], app[RELAY]))
+    settings, store, relay, clock = app[SETTINGS], app[STORE], app[RELAY], app[CLOCK]
+    tasks = [
+        asyncio.create_task(follow_ended_sessions(store, relay)),
+        asyncio.create_task(EvidenceSampler(store, relay, clock).run(settings.evidence_interval_s)),
+        asyncio.create_task(
+            run_ticker(
+                store, app[LIVE], relay, clock, settings.tick_interval_s, app[DIRTY_QUESTIONS]
+            )
+        ),
+    ]
     yield
-    follower.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await follower
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await app[LIVE].close()
     await app[RELAY].close()
     await app[STATE_RECORDER].close()
     log.info("relay closed")

@@ -164,6 +164,7 @@ async def current_user(request: web.Request) -> CurrentUser:
 _ACCESS = "studycast_access"
 PUBLIC = "public"
 SELF_SERVICE = "self_service"
+TOKEN_OR_LOGIN = "token_or_login"  # noqa: S105 (a marker, not a secret)
 
 
 def require_role(*roles: Role) -> Callable[[Handler], Handler]:
@@ -206,6 +207,13 @@ def self_service(handler: Handler) -> Handler:
     return handler
 
 
+def token_or_login(handler: Handler) -> Handler:
+    """Declare a handler that authenticates its caller itself with ``server.callers``: a
+    session token (member, venue) or a login of the roles it names there."""
+    setattr(handler, _ACCESS, TOKEN_OR_LOGIN)
+    return handler
+
+
 def access_of(handler: Any) -> frozenset[Role] | str | None:
     access: frozenset[Role] | str | None = getattr(handler, _ACCESS, None)
     return access
@@ -220,7 +228,8 @@ def check_access_declared(app: web.Application) -> None:
     )
     if missing:
         raise RuntimeError(
-            "routes without @require_role(...), @self_service or @public: " + ", ".join(missing)
+            "routes without @require_role(...), @self_service, @token_or_login or @public: "
+            + ", ".join(missing)
         )
 
 

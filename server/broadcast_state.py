@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import uuid
+from datetime import datetime
 
 from sqlalchemy import select
 
 from attendance.clock import Clock
 from attendance.errors import StudycastError
-from attendance.journal import record_admin_event
+from attendance.journal import NewAttendanceEvent, append_attendance_events, record_admin_event
 from attendance.models import SessionState, StudySession
 from attendance.store import Store
 from server.relay.relay import Relay
@@ -29,13 +31,25 @@ _STATES = {
 }
 
 
+def broadcast_event(session_id: int, state: str, at: datetime) -> NewAttendanceEvent:
+    """The log entry of a broadcast state change; live time is computed from these."""
+    return NewAttendanceEvent(
+        session_id=session_id,
+        event_uuid=uuid.uuid4(),
+        kind="broadcast",
+        source="relay",
+        client_time=at,
+        payload={"state": state, "at": at.isoformat()},
+    )
+
+
 class BroadcastStateRecorder:
     """Queue of state changes with one writer task. ``close()`` drains and stops it."""
 
     def __init__(self, store: Store, clock: Clock) -> None:
         self._store = store
         self._clock = clock
-        self._queue: asyncio.Queue[tuple[int, str] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[int, str, datetime] | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.idle = asyncio.Event()
         self.idle.set()
@@ -46,7 +60,8 @@ class BroadcastStateRecorder:
     def __call__(self, session_id: int, state: str) -> None:
         if state in _STATES:
             self.idle.clear()
-            self._queue.put_nowait((session_id, state))
+            # The time of the change, not of the write: live time is measured from it.
+            self._queue.put_nowait((session_id, state, self._clock()))
 
     async def _run(self) -> None:
         while True:
@@ -58,12 +73,11 @@ class BroadcastStateRecorder:
             except StudycastError as exc:
                 log.error("could not record session %s as %s: %s", item[0], item[1], exc.detail)
             except Exception:
-                log.exception("could not record session %s as %s", *item)
+                log.exception("could not record session %s as %s", item[0], item[1])
             if self._queue.empty():
                 self.idle.set()
 
-    async def _write(self, session_id: int, state: str) -> None:
-        now = self._clock()
+    async def _write(self, session_id: int, state: str, now: datetime) -> None:
         async with self._store.write() as db:
             session = await db.get(StudySession, session_id)
             if session is None or session.state == SessionState.ENDED:
@@ -79,6 +93,9 @@ class BroadcastStateRecorder:
                 actor="relay",
                 action=f"broadcast_{state}",
                 target=f"session:{session_id}",
+            )
+            await append_attendance_events(
+                db, [broadcast_event(session_id, state, now)], now=self._clock()
             )
 
     async def close(self) -> None:

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     )
     login_ttl_hours: float = Field(12.0, gt=0, le=24 * 30)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body accepted")
+    evidence_interval_s: float = Field(
+        15.0, ge=0.2, le=300, description="how often media delivered to viewers is recorded"
+    )
+    tick_interval_s: float = Field(
+        1.0, ge=0.05, le=60, description="how often due presence checks and quiz timers are run"
+    )
 
     @field_validator("public_base_url")
     @classmethod

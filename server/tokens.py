@@ -37,6 +37,8 @@ class TokenClaims:
     role: TokenRole
     subject: str  # "session:12", "venue:bj-1", "member:1001"
     expires_at: datetime
+    # A member link's version: raising the member's link_version revokes older links.
+    version: int | None = None
 
 
 def issue(
@@ -47,9 +49,10 @@ def issue(
     subject: str,
     now: datetime,
     ttl: timedelta = DEFAULT_TTL,
+    version: int | None = None,
 ) -> str:
     """A signed token for ``role`` in one session."""
-    claims = {
+    claims: dict[str, object] = {
         "aud": AUDIENCE,
         "sid": session_id,
         "role": role.value,
@@ -57,6 +60,8 @@ def issue(
         "iat": int(now.timestamp()),
         "exp": int((now + ttl).timestamp()),
     }
+    if version is not None:
+        claims["ver"] = version
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
@@ -96,6 +101,7 @@ def verify(
         sid = int(claims["sid"])
         expires = datetime.fromtimestamp(int(claims["exp"]), tz=now.tzinfo)
         subject = str(claims["sub"])
+        version = int(claims["ver"]) if "ver" in claims else None
     except (TypeError, ValueError):
         raise AuthError("the token's claims are malformed", code="invalid_token") from None
     if expires <= now:
@@ -107,7 +113,7 @@ def verify(
         raise Forbidden(
             f"a {role.value} token cannot do this (needs: {allowed})", code="wrong_role"
         )
-    return TokenClaims(sid, role, subject, expires)
+    return TokenClaims(sid, role, subject, expires, version)
 
 
 def bearer(header: str | None) -> str:

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from attendance.clock import utcnow
 from attendance.migrate import head_revision
 from attendance.models import AdminEvent, OrgUnit, Role, StudySession, User
+from attendance.sessions import AttendanceRule
 from attendance.store import Store
 from attendance.users import authenticate
 from server.cli import main
@@ -32,6 +33,7 @@ from server.tokens import VIEWER_ROLES, TokenRole, verify
 
 T = TypeVar("T")
 HEAD = head_revision()
+DEFAULT_RULE = AttendanceRule().model_dump()
 PASSWORD = "correct horse battery"
 STUDYCAST = Path(sys.executable).with_name("studycast")
 UNREACHABLE_PG = "postgresql://studycast@127.0.0.1:1/nowhere"
@@ -491,7 +493,7 @@ def test_sessions(venues: Cli) -> None:
             {"slug": "bj-cy-2", "name": "朝阳第2会议室"},
             {"slug": "sh-1", "name": "浦东报告厅"},
         ],
-        "attendance_rule": {"min_share": 0.75, "min_presence_passed": 2},
+        "attendance_rule": {**DEFAULT_RULE, "min_share": 0.75, "min_presence_passed": 2},
         "started_at": None,
         "ended_at": None,
     }
@@ -515,7 +517,7 @@ def test_sessions(venues: Cli) -> None:
         "recording_enabled": True,
         "venues": [],
         "expected_units": [],
-        "attendance_rule": {"min_share": 0.8, "min_presence_passed": 0},
+        "attendance_rule": DEFAULT_RULE,
         "started_at": None,
         "ended_at": None,
     }
@@ -546,7 +548,8 @@ def test_sessions(venues: Cli) -> None:
         "  recording:  off",
         "  venues:     bj-cy-2, sh-1",
         f"  expected:   {', '.join(units)}",
-        "  qualifies:  watched >= 75% of live time, presence checks passed >= 2",
+        "  qualifies:  watched >= 75% of live time, presence checks passed >= 66% of those "
+            "given, at least 2",
         "  about:      安全与合规",
     ]) + "\n"
     assert cli.ok("session", "show", str(weekly["id"])) == "\n".join([
@@ -557,7 +560,7 @@ def test_sessions(venues: Cli) -> None:
         "  recording:  on",
         "  venues:     -",
         "  expected:   -",
-        "  qualifies:  watched >= 80% of live time, presence checks passed >= 0",
+        "  qualifies:  watched >= 85% of live time, presence checks passed >= 66% of those given",
     ]) + "\n"
 
     table = cli.ok("session", "list")

@@ -26,7 +26,7 @@ from attendance.models import (
     User,
     Venue,
 )
-from attendance.sessions import describe, get_session
+from attendance.sessions import AttendanceRule, describe, get_session
 from attendance.store import Store
 from attendance.units import UnitTree, parse_unit_path
 from attendance.users import add_user, authenticate
@@ -112,7 +112,7 @@ async def test_seeds_an_empty_store(store: Store, tmp_path: Path, now: datetime)
         "video_codec": "h264",
         "recording_enabled": True,
         "venues": [{"slug": s, "name": n} for s, n, _ in VENUES],
-        "attendance_rule": {"min_share": 0.8, "min_presence_passed": 0},
+        "attendance_rule": AttendanceRule().model_dump(),
         "started_at": None,
         "ended_at": None,
     }

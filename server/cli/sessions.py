@@ -9,6 +9,7 @@ import click
 
 from attendance.clock import utcnow
 from attendance.errors import InvalidInput
+from attendance.evaluation import finalize_session
 from attendance.models import SessionState
 from attendance.sessions import (
     SessionDraft,
@@ -69,9 +70,16 @@ def session() -> None:
 @click.option(
     "--min-share",
     type=click.FloatRange(0, 1),
-    default=0.8,
+    default=0.85,
     show_default=True,
     help="Share of live time a member must watch to qualify.",
+)
+@click.option(
+    "--min-presence-share",
+    type=click.FloatRange(0, 1),
+    default=0.66,
+    show_default=True,
+    help="Share of the presence checks given to a member that must pass (0.66: 2 of 3).",
 )
 @click.option(
     "--min-presence",
@@ -92,6 +100,7 @@ def create(
     description: str,
     no_recording: bool,
     min_share: float,
+    min_presence_share: float,
     min_presence: int,
     as_json: bool,
 ) -> None:
@@ -109,7 +118,11 @@ def create(
             "recording_enabled": not no_recording,
             "venues": list(venues),
             "expected_units": list(units),
-            "attendance_rule": {"min_share": min_share, "min_presence_passed": min_presence},
+            "attendance_rule": {
+                "min_share": min_share,
+                "min_presence_share": min_presence_share,
+                "min_presence_passed": min_presence,
+            },
         }
     )
 
@@ -172,8 +185,11 @@ def end(session_id: int, as_json: bool) -> None:
 
     @with_store
     async def go(store: Store, _settings: Settings) -> dict[str, Any]:
+        now = utcnow()
         async with store.write() as db:
-            return describe(await end_session(db, session_id, now=utcnow(), actor="cli"))
+            ended = await end_session(db, session_id, now=now, actor="cli")
+            await finalize_session(db, session_id, now=now)
+            return describe(ended)
 
     info = go()
     if as_json:
@@ -252,7 +268,8 @@ def show(session_id: int, as_json: bool) -> None:
         f"  venues:     {', '.join(v['slug'] for v in info['venues']) or '-'}",
         f"  expected:   {', '.join(info['expected_units']) or '-'}",
         f"  qualifies:  watched >= {rule.get('min_share', 0):.0%} of live time, "
-        f"presence checks passed >= {rule.get('min_presence_passed', 0)}",
+        f"presence checks passed >= {rule.get('min_presence_share', 0):.0%} of those given"
+        + (f", at least {rule['min_presence_passed']}" if rule.get("min_presence_passed") else ""),
     ]
     if info["description"]:
         lines.append(f"  about:      {info['description']}")

@@ -1,0 +1,281 @@
+"""The live record's HTTP API: events in, the live event stream out, attendance, check-in codes
+and the personal links to hand out.
+
+Members and venue screens call these with their session token; organisers, auditors and venue
+operators with their login (``server.callers``).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import segno
+from aiohttp import web
+from sqlalchemy import select
+
+from attendance import checkin
+from attendance.errors import NotFound
+from attendance.evaluation import expected_member_ids, session_attendance
+from attendance.events import parse_batch
+from attendance.ingest import ingest_batch
+from attendance.models import (
+    Member,
+    OrgUnit,
+    PresenceResponse,
+    QuizAnswer,
+    QuizQuestion,
+    SessionCheckin,
+    SessionVenue,
+    Venue,
+)
+from attendance.notes import list_notes
+from attendance.points import member_points
+from attendance.questions import question_state
+from attendance.sessions import get_session
+from server.api import _id_param, _public_base
+from server.auth import CLOCK, SETTINGS, STORE, token_or_login
+from server.callers import AUDITOR, MEMBER, ORGANISER, VENUE, Caller, session_caller
+from server.http_errors import read_json_object
+from server.live import stream
+from server.live_events import LIVE, snapshot
+from server.record_tasks import DIRTY_QUESTIONS, live_counts
+from server.tokens import TokenRole, issue
+from server.whip import RELAY
+
+routes = web.RouteTableDef()
+
+ALL = frozenset({MEMBER, VENUE, ORGANISER, AUDITOR})
+STAFF = frozenset({ORGANISER, AUDITOR})
+SENDERS = frozenset({MEMBER, VENUE, ORGANISER})
+
+
+async def caller_for(request: web.Request, audiences: frozenset[str]) -> tuple[int, Caller]:
+    session_id = _id_param(request, "study session")
+    return session_id, await session_caller(request, session_id, audiences=audiences)
+
+
+@routes.post("/api/sessions/{id}/events")
+@token_or_login
+async def events_post(request: web.Request) -> web.Response:
+    """A batch of up to 500 events; one result per event (see ``attendance.ingest``)."""
+    session_id, caller = await caller_for(request, SENDERS)
+    batch = parse_batch(await read_json_object(request))
+    settings = request.config_dict[SETTINGS]
+    async with request.config_dict[STORE].write() as db:
+        report = await ingest_batch(
+            db,
+            session_id=session_id,
+            sender=caller.sender(),
+            batch=batch,
+            now=request.config_dict[CLOCK](),
+            secret=settings.resolved_secret_key(),
+        )
+    dirty = request.config_dict[DIRTY_QUESTIONS]
+    dirty.update((session_id, q) for q in report.answered_questions)
+    return web.json_response(report.as_json())
+
+
+@routes.get("/api/sessions/{id}/events/stream")
+@token_or_login
+async def events_stream(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: session state, quiz, presence checks and live counts."""
+    session_id, caller = await caller_for(request, ALL)
+    store = request.config_dict[STORE]
+    clock = request.config_dict[CLOCK]
+    async with store.read() as db:
+        await get_session(db, session_id)
+
+    async def fresh() -> dict[str, Any]:
+        async with store.read() as db:
+            body = await snapshot(db, session_id, caller.audience, now=clock())
+        if caller.audience != MEMBER:
+            body["counts"] = await live_counts(store, request.config_dict[RELAY], session_id)
+        return body
+
+    return await stream(request, request.config_dict[LIVE], session_id, caller.audience, fresh)
+
+
+@routes.get("/api/sessions/{id}/me")
+@token_or_login
+async def member_me(request: web.Request) -> web.Response:
+    """A member's own record of the session: attendance so far, check-in, presence checks,
+    quiz answers, notes and points."""
+    session_id, caller = await caller_for(request, frozenset({MEMBER}))
+    assert caller.member_id is not None
+    now = request.config_dict[CLOCK]()
+    async with request.config_dict[STORE].read() as db:
+        rows = await session_attendance(db, session_id, now=now, member_ids=[caller.member_id])
+        checkin_row = await db.get(SessionCheckin, (session_id, caller.member_id))
+        venue = (
+            await db.get(Venue, checkin_row.venue_id)
+            if checkin_row and checkin_row.venue_id
+            else None
+        )
+        responses = await db.execute(
+            select(
+                PresenceResponse.check_id, PresenceResponse.outcome, PresenceResponse.answered_at
+            )
+            .where(PresenceResponse.member_id == caller.member_id)
+            .order_by(PresenceResponse.id)
+        )
+        answers = await db.execute(
+            select(QuizAnswer, QuizQuestion)
+            .join(QuizQuestion, QuizQuestion.id == QuizAnswer.question_id)
+            .where(
+                QuizQuestion.session_id == session_id,
+                QuizAnswer.answerer == caller.actor,
+            )
+            .order_by(QuizQuestion.position)
+        )
+        quiz = []
+        for answer, question in answers.tuples():
+            revealed = question_state(question, now) == "revealed"
+            quiz.append(
+                {
+                    "question": question.id,
+                    "choices": answer.answer.get("choices", []),
+                    "correct": answer.correct if revealed else None,
+                    "points": answer.points_awarded if revealed else None,
+                }
+            )
+        notes = await list_notes(db, session_id, member_id=caller.member_id)
+        points = await member_points(db, caller.member_id)
+    row = rows[0].as_json() if rows else None
+    return web.json_response(
+        {
+            "member_no": caller.member_no,
+            "attendance": row,
+            "checked_in": venue.slug if venue else None,
+            "presence": [
+                {"check": c, "outcome": o, "at": at.isoformat()} for c, o, at in responses.tuples()
+            ],
+            "quiz": quiz,
+            "notes": notes,
+            "points": points["total"],
+        }
+    )
+
+
+@routes.get("/api/sessions/{id}/attendance")
+@token_or_login
+async def attendance_index(request: web.Request) -> web.Response:
+    """Every expected or present member's attendance so far (after the end: as evaluated).
+    A venue sees the members of its own venue only."""
+    session_id, caller = await caller_for(request, frozenset({ORGANISER, AUDITOR, VENUE}))
+    async with request.config_dict[STORE].read() as db:
+        rows = await session_attendance(db, session_id, now=request.config_dict[CLOCK]())
+    lines = [r.as_json() for r in rows]
+    if caller.audience == VENUE:
+        lines = [r for r in lines if r["venue"] == caller.venue_slug]
+    summary = {
+        "members": len(lines),
+        "expected": sum(1 for r in lines if r["expected"]),
+        "present": sum(1 for r in lines if r["mode"] != "absent"),
+        "qualified": sum(1 for r in lines if r["qualified"]),
+    }
+    return web.json_response({"session_id": session_id, "summary": summary, "members": lines})
+
+
+@routes.get("/api/sessions/{id}/venues/{slug}/checkin-code")
+@token_or_login
+async def checkin_code(request: web.Request) -> web.Response:
+    """The venue's current check-in code: QR URL (as SVG too), short code and its times."""
+    session_id, caller = await caller_for(request, frozenset({VENUE, ORGANISER}))
+    slug = request.match_info["slug"]
+    if caller.audience == VENUE and caller.venue_slug != slug:
+        raise NotFound(f"venue {slug!r} is not your venue")
+    async with request.config_dict[STORE].read() as db:
+        venue = await db.scalar(
+            select(Venue)
+            .join(SessionVenue, SessionVenue.venue_id == Venue.id)
+            .where(Venue.slug == slug, SessionVenue.session_id == session_id)
+        )
+    if venue is None:
+        raise NotFound(f"venue {slug!r} is not a venue of session {session_id}")
+    now = request.config_dict[CLOCK]()
+    code = checkin.current_code(
+        request.config_dict[SETTINGS].resolved_secret_key(), session_id, venue.id, now
+    )
+    url = (
+        f"{_public_base(request).rstrip('/')}/member.html#checkin="
+        f"{session_id}.{slug}.{code.window}.{code.signature}"
+    )
+    svg = io.BytesIO()
+    segno.make(url, error="m").save(svg, kind="svg", scale=4, border=2, xmldecl=False)
+    return web.json_response(
+        {
+            "venue": slug,
+            "venue_name": venue.name,
+            "url": url,
+            "qr_svg": svg.getvalue().decode("utf-8"),
+            "short_code": code.short_code,
+            "window": code.window,
+            "signature": code.signature,
+            "shown_at": code.shown_at.isoformat(),
+            "rotates_at": code.rotates_at.isoformat(),
+            "expires_at": code.expires_at.isoformat(),
+        }
+    )
+
+
+@routes.get("/api/sessions/{id}/member-links")
+@token_or_login
+async def member_links(request: web.Request) -> web.Response:
+    """Personal join links of the expected members and the venue screen links."""
+    session_id, _ = await caller_for(request, frozenset({ORGANISER}))
+    settings = request.config_dict[SETTINGS]
+    secret = settings.resolved_secret_key()
+    now = request.config_dict[CLOCK]()
+    base = _public_base(request).rstrip("/")
+    async with request.config_dict[STORE].read() as db:
+        session = await get_session(db, session_id)
+        ids = await expected_member_ids(db, session)
+        members = (
+            await db.execute(
+                select(Member.member_no, Member.name, Member.link_version, OrgUnit.path)
+                .join(OrgUnit, OrgUnit.id == Member.unit_id)
+                .where(Member.id.in_(sorted(ids)))
+                .order_by(Member.member_no)
+            )
+            if ids
+            else None
+        )
+        member_rows = list(members.tuples()) if members is not None else []
+        venues = [(v.slug, v.name) for v in session.venues]
+    body = {
+        "session_id": session_id,
+        "members": [
+            {
+                "member_no": number,
+                "name": name,
+                "unit": path,
+                "url": f"{base}/member.html#s={session_id}&t="
+                + issue(
+                    secret,
+                    session_id=session_id,
+                    role=TokenRole.MEMBER,
+                    subject=f"member:{number}",
+                    now=now,
+                    version=version,
+                ),
+            }
+            for number, name, version, path in member_rows
+        ],
+        "venues": [
+            {
+                "slug": slug,
+                "name": name,
+                "url": f"{base}/venue.html#s={session_id}&t="
+                + issue(
+                    secret,
+                    session_id=session_id,
+                    role=TokenRole.VENUE,
+                    subject=f"venue:{slug}",
+                    now=now,
+                ),
+            }
+            for slug, name in venues
+        ],
+    }
+    return web.json_response(body)
