@@ -264,7 +264,7 @@ async def _load(db: AsyncSession, ctx: _Context, events: Sequence[ClientEvent]) 
                 )
                 .order_by(PresenceResponse.id)
             )
-            for check_id, member_id, outcome in responses.tuples():
+            for check_id, member_id, outcome in responses:
                 ctx.responses.setdefault((check_id, member_id), []).append(outcome)
     question_ids = {e.question for e in events if isinstance(e, QuizAnswerEvent)}
     if question_ids:
@@ -575,7 +575,7 @@ async def _link_events(db: AsyncSession, session_id: int, ctx: _Context) -> None
             AttendanceEvent.event_uuid.in_(uuids),
         )
     )
-    ids = {event_uuid: event_id for event_uuid, event_id in rows.tuples()}
+    ids = {event_uuid: event_id for event_uuid, event_id in rows}
     for event_uuid, row in ctx.linked:
         row.event_id = ids.get(event_uuid)
     await db.flush()

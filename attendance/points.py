@@ -127,7 +127,7 @@ async def leaderboard(
             .group_by(OrgUnit.path)
         )
         summed: dict[str, int] = defaultdict(int)
-        for path, points in unit_rows.tuples():
+        for path, points in unit_rows:
             key = "/".join(path.split("/")[:unit_level]) if unit_level else path
             summed[key] += int(points)
         totals = {path: (path.split("/")[-1], points) for path, points in summed.items()}

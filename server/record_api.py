@@ -129,7 +129,7 @@ async def member_me(request: web.Request) -> web.Response:
             .order_by(QuizQuestion.position)
         )
         quiz = []
-        for answer, question in answers.tuples():
+        for answer, question in answers:
             revealed = question_state(question, now) == "revealed"
             quiz.append(
                 {
@@ -148,7 +148,7 @@ async def member_me(request: web.Request) -> web.Response:
             "attendance": row,
             "checked_in": venue.slug if venue else None,
             "presence": [
-                {"check": c, "outcome": o, "at": at.isoformat()} for c, o, at in responses.tuples()
+                {"check": c, "outcome": o, "at": at.isoformat()} for c, o, at in responses
             ],
             "quiz": quiz,
             "notes": notes,
@@ -241,7 +241,7 @@ async def member_links(request: web.Request) -> web.Response:
             if ids
             else None
         )
-        member_rows = list(members.tuples()) if members is not None else []
+        member_rows = list(members) if members is not None else []
         venues = [(v.slug, v.name) for v in session.venues]
     body = {
         "session_id": session_id,

@@ -128,10 +128,10 @@ class EvidenceSampler:
                 rows = await db.execute(
                     select(Member.member_no, Member.id).where(Member.member_no.in_(members))
                 )
-                self._members.update({n: i for n, i in rows.tuples()})
+                self._members.update({n: i for n, i in rows})
             if venues:
                 rows = await db.execute(select(Venue.slug, Venue.id).where(Venue.slug.in_(venues)))
-                self._venues.update({s: i for s, i in rows.tuples()})
+                self._venues.update({s: i for s, i in rows})
 
     async def run(self, interval: float) -> None:
         """Sample every ``interval`` seconds until cancelled."""

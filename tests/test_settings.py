@@ -48,6 +48,8 @@ def test_defaults(tmp_path: Path) -> None:
         "max_viewers": 500,
         "login_ttl_hours": 12.0,
         "max_body_bytes": 1024 * 1024,
+        "evidence_interval_s": 15.0,
+        "tick_interval_s": 1.0,
     }
     assert s.resolved_database_url() == f"sqlite:///{tmp_path.resolve()}/data/studycast.db"
     assert s.base_url() == "http://127.0.0.1:8080"
