@@ -53,6 +53,7 @@ from attendance.models import (
     StudySession,
     Venue,
 )
+from attendance.points import award
 
 log = logging.getLogger(__name__)
 
@@ -367,7 +368,7 @@ async def _apply(
     if isinstance(event, PresenceAnswer):
         return _presence_answer(db, ctx, event, _need_member(member_id))
     if isinstance(event, QuizAnswerEvent):
-        return _quiz_answer(db, ctx, event, member_id)
+        return await _quiz_answer(db, ctx, event, member_id)
     if isinstance(event, StudyNoteEvent):
         return _study_note(db, ctx, event, _need_member(member_id), happened)
     raise AssertionError(f"unhandled event type {event.type}")
@@ -488,7 +489,7 @@ def _presence_answer(
     return {"ok": True, "outcome": verdict.outcome, "detail": verdict.message}
 
 
-def _quiz_answer(
+async def _quiz_answer(
     db: AsyncSession, ctx: _Context, event: QuizAnswerEvent, member_id: int | None
 ) -> dict[str, Any]:
     question = ctx.questions.get(event.question)
@@ -521,6 +522,10 @@ def _quiz_answer(
     )
     key = (question.id, answerer)
     row = ctx.answers.get(key)
+    settled = question.closed_at is not None
+    if settled and row is not None:
+        # After the close only an answer still in flight counts, never a change of answer.
+        raise Refused("this question has closed", code="closed")
     if row is None:
         row = QuizAnswer(question_id=question.id, answerer=answerer)
         db.add(row)
@@ -534,6 +539,21 @@ def _quiz_answer(
     row.speed_bonus = score.speed_bonus
     ctx.linked.append((event.id, row))
     ctx.report.answered_questions.add(question.id)
+    if settled and score.points:
+        # Its question's points were awarded at the close: award this late arrival's now.
+        await award(
+            db,
+            ref=f"quiz:{question.id}:{answerer}",
+            member_id=member_id,
+            venue_id=venue_id,
+            unit_id=ctx.member_units.get(member_id) if member_id is not None else None,
+            session_id=ctx.session.id,
+            kind="quiz",
+            points=score.points,
+            reason=f"question {question.position} of session {ctx.session.id}: correct"
+            + (f", speed bonus {score.speed_bonus}" if score.speed_bonus else ""),
+            now=ctx.now,
+        )
     # Whether it was right stays hidden until the organiser reveals the answer.
     return {"ok": True, "question": question.id, "choices": sorted(choices)}
 
