@@ -275,8 +275,14 @@ async def _load(db: AsyncSession, ctx: _Context, events: Sequence[ClientEvent]) 
             )
         ):
             ctx.questions[question.id] = question
+        answerers = {f"member:{n}" for n in numbers}
+        if ctx.sender.kind == "member" or ctx.sender.kind == "venue":
+            answerers.add(ctx.sender.source)
+        # Only this batch's answerers: a question may hold thousands of answers.
         for answer in await db.scalars(
-            select(QuizAnswer).where(QuizAnswer.question_id.in_(question_ids))
+            select(QuizAnswer).where(
+                QuizAnswer.question_id.in_(question_ids), QuizAnswer.answerer.in_(answerers)
+            )
         ):
             ctx.answers[(answer.question_id, answer.answerer)] = answer
 

@@ -22,9 +22,11 @@ from server import api, auth, points_api, presence_api, quiz_api, record_api, wh
 from server.auth import CLOCK, LOGIN_BRAKE, SETTINGS, STORE, LoginBrake, public
 from server.broadcast_state import BroadcastStateRecorder, follow_ended_sessions
 from server.http_errors import error_middleware
+from server.ingest_queue import IngestQueue
 from server.live import LiveHub
 from server.live_events import LIVE, publish_session_state
 from server.metrics import METRICS, Metrics, RelayCollector, count_requests, metrics_endpoint
+from server.record_api import INGEST_QUEUE
 from server.record_tasks import DIRTY_QUESTIONS, EvidenceSampler, run_ticker
 from server.relay.ice import advertise_addresses
 from server.relay.relay import Relay
@@ -77,6 +79,7 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
     if settings.ice_addresses:
         advertise_addresses(settings.ice_addresses)
     app[LIVE] = LiveHub()
+    app[INGEST_QUEUE] = IngestQueue(store, clock, settings.resolved_secret_key())
     app[DIRTY_QUESTIONS] = set()
     recorder = BroadcastStateRecorder(store, clock)
     app[STATE_RECORDER] = recorder
@@ -117,6 +120,7 @@ async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
 async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
     """The media relay and its state recorder live as long as the app; peers close first."""
     app[STATE_RECORDER].start()
+    app[INGEST_QUEUE].start()
     settings, store, relay, clock = app[SETTINGS], app[STORE], app[RELAY], app[CLOCK]
     tasks = [
         asyncio.create_task(follow_ended_sessions(store, relay)),
@@ -133,6 +137,7 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    await app[INGEST_QUEUE].close()
     await app[LIVE].close()
     await app[RELAY].close()
     await app[STATE_RECORDER].close()

@@ -18,7 +18,6 @@ from attendance import checkin
 from attendance.errors import NotFound
 from attendance.evaluation import expected_member_ids, session_attendance
 from attendance.events import parse_batch
-from attendance.ingest import ingest_batch
 from attendance.models import (
     Member,
     OrgUnit,
@@ -37,6 +36,7 @@ from server.api import _id_param, _public_base
 from server.auth import CLOCK, SETTINGS, STORE, token_or_login
 from server.callers import AUDITOR, MEMBER, ORGANISER, VENUE, Caller, session_caller
 from server.http_errors import read_json_object
+from server.ingest_queue import IngestQueue
 from server.live import stream
 from server.live_events import LIVE, snapshot
 from server.record_tasks import DIRTY_QUESTIONS, live_counts
@@ -44,6 +44,7 @@ from server.tokens import TokenRole, issue
 from server.whip import RELAY
 
 routes = web.RouteTableDef()
+INGEST_QUEUE = web.AppKey("studycast.ingest_queue", IngestQueue)
 
 ALL = frozenset({MEMBER, VENUE, ORGANISER, AUDITOR})
 STAFF = frozenset({ORGANISER, AUDITOR})
@@ -61,16 +62,8 @@ async def events_post(request: web.Request) -> web.Response:
     """A batch of up to 500 events; one result per event (see ``attendance.ingest``)."""
     session_id, caller = await caller_for(request, SENDERS)
     batch = parse_batch(await read_json_object(request))
-    settings = request.config_dict[SETTINGS]
-    async with request.config_dict[STORE].write() as db:
-        report = await ingest_batch(
-            db,
-            session_id=session_id,
-            sender=caller.sender(),
-            batch=batch,
-            now=request.config_dict[CLOCK](),
-            secret=settings.resolved_secret_key(),
-        )
+    # Committed together with the batches of concurrent requests (group commit).
+    report = await request.config_dict[INGEST_QUEUE].submit(session_id, caller.sender(), batch)
     dirty = request.config_dict[DIRTY_QUESTIONS]
     dirty.update((session_id, q) for q in report.answered_questions)
     return web.json_response(report.as_json())
