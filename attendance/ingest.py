@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from attendance import checkin, presence, quiz
@@ -133,6 +133,15 @@ class _Context:
     linked: list[tuple[uuid.UUID, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class BatchJob:
+    """One request's batch, for ``ingest_batches``."""
+
+    session_id: int
+    sender: Sender
+    batch: Batch
+
+
 async def ingest_batch(
     db: AsyncSession,
     *,
@@ -143,62 +152,92 @@ async def ingest_batch(
     secret: str,
 ) -> BatchReport:
     """Judge, store and apply one batch; see the module docstring."""
-    await lock_attendance_chain(db)
-    session = await db.get(StudySession, session_id)
-    if session is None:
-        raise InvalidInput(f"no study session {session_id}")
-    venue_rows = await db.execute(
-        select(Venue.slug, Venue.id)
-        .join(SessionVenue, SessionVenue.venue_id == Venue.id)
-        .where(SessionVenue.session_id == session_id)
+    (report,) = await ingest_batches(
+        db, [BatchJob(session_id, sender, batch)], now=now, secret=secret
     )
-    ctx = _Context(session, sender, now, secret, {slug: vid for slug, vid in venue_rows})
+    return report
 
-    parsed: list[tuple[int, ClientEvent | None, Outcome | None]] = []
-    for index, raw in enumerate(batch.events):
+
+_Parsed = list[tuple[ClientEvent | None, Outcome | None]]
+
+
+def _parse(batch: Batch) -> _Parsed:
+    parsed: _Parsed = []
+    for raw in batch.events:
         try:
-            parsed.append((index, parse_event(raw), None))
+            parsed.append((parse_event(raw), None))
         except InvalidInput as exc:
-            outcome = Outcome(
-                event_id_of(raw), "invalid", error={"code": exc.code, "detail": exc.detail}
-            )
-            parsed.append((index, None, outcome))
-    uuids = [e.id for _, e, _ in parsed if e is not None]
-    stored = await _stored_results(db, session_id, uuids)
-    await _load(db, ctx, [e for _, e, _ in parsed if e is not None and e.id not in stored])
+            error = {"code": exc.code, "detail": exc.detail}
+            parsed.append((None, Outcome(event_id_of(raw), "invalid", error=error)))
+    return parsed
+
+
+async def ingest_batches(
+    db: AsyncSession, jobs: Sequence[BatchJob], *, now: datetime, secret: str
+) -> list[BatchReport]:
+    """Judge, store and apply several batches in order, in the caller's transaction, with a
+    few queries for all of them (concurrent requests share a transaction: group commit)."""
+    await lock_attendance_chain(db)
+    parsed = [_parse(job.batch) for job in jobs]
+    contexts: dict[int, _Context] = {}
+    stored: dict[int, dict[uuid.UUID, tuple[str, dict[str, Any]]]] = {}
+    for session_id in dict.fromkeys(job.session_id for job in jobs):
+        session = await db.get(StudySession, session_id)
+        if session is None:
+            raise InvalidInput(f"no study session {session_id}")
+        venue_rows = await db.execute(
+            select(Venue.slug, Venue.id)
+            .join(SessionVenue, SessionVenue.venue_id == Venue.id)
+            .where(SessionVenue.session_id == session_id)
+        )
+        ctx = _Context(session, jobs[0].sender, now, secret, {s: v for s, v in venue_rows})
+        contexts[session_id] = ctx
+        mine = [i for i, job in enumerate(jobs) if job.session_id == session_id]
+        uuids = [e.id for i in mine for e, _ in parsed[i] if e is not None]
+        stored[session_id] = await _stored_results(db, session_id, uuids)
+        fresh = [
+            (jobs[i].sender, e)
+            for i in mine
+            for e, _ in parsed[i]
+            if e is not None and e.id not in stored[session_id]
+        ]
+        await _load(db, ctx, fresh)
 
     new_events: list[NewAttendanceEvent] = []
-    seen: dict[uuid.UUID, Outcome] = {}
-    outcomes: list[Outcome] = []
-    for _, event, failed in parsed:
-        if event is None:
-            assert failed is not None
-            outcomes.append(failed)
-            continue
-        if event.id in stored:
-            status, result = stored[event.id]
-            outcomes.append(Outcome(str(event.id), "duplicate", {**result, "first": status}))
-            continue
-        if event.id in seen:  # the same event twice in one batch
-            first = seen[event.id]
-            outcomes.append(
-                Outcome(str(event.id), "duplicate", {**first.result, "first": first.status})
-            )
-            continue
-        outcome, new = await _judge(db, ctx, event, batch.sent_at)
-        seen[event.id] = outcome
-        outcomes.append(outcome)
-        if new is not None:
-            new_events.append(new)
-    appended = await append_attendance_events(db, new_events, now=now)
-    if appended.duplicates:
-        # Cannot happen while the chain lock is held; refuse loudly rather than half-apply.
-        raise RuntimeError(
-            f"events stored concurrently despite the chain lock: {appended.duplicates}"
-        )
-    await _link_events(db, session_id, ctx)
-    ctx.report.outcomes = outcomes
-    return ctx.report
+    reports: list[BatchReport] = []
+    seen: dict[tuple[int, uuid.UUID], Outcome] = {}
+    for job, events in zip(jobs, parsed, strict=True):
+        ctx = contexts[job.session_id]
+        ctx.sender = job.sender
+        ctx.report = BatchReport([])
+        outcomes: list[Outcome] = []
+        for event, failed in events:
+            if event is None:
+                assert failed is not None
+                outcomes.append(failed)
+                continue
+            earlier = stored[job.session_id].get(event.id)
+            if earlier is not None:
+                status, result = earlier
+                outcomes.append(Outcome(str(event.id), "duplicate", {**result, "first": status}))
+                continue
+            first = seen.get((job.session_id, event.id))
+            if first is not None:  # the same event twice in the batch or the group
+                outcomes.append(
+                    Outcome(str(event.id), "duplicate", {**first.result, "first": first.status})
+                )
+                continue
+            outcome, new = await _judge(db, ctx, event, job.batch.sent_at)
+            seen[(job.session_id, event.id)] = outcome
+            outcomes.append(outcome)
+            if new is not None:
+                new_events.append(new)
+        ctx.report.outcomes = outcomes
+        reports.append(ctx.report)
+    # Judged with the chain locked against everything stored: nothing here is stored yet.
+    await append_attendance_events(db, new_events, now=now, known_new=True)
+    await _link_events(db, list(contexts.values()))
+    return reports
 
 
 async def _stored_results(
@@ -219,26 +258,24 @@ async def _stored_results(
     return found
 
 
-async def _load(db: AsyncSession, ctx: _Context, events: Sequence[ClientEvent]) -> None:
-    """Fetch, in a few queries, everything the new events of the batch refer to."""
-    numbers = {e.member for e in events if e.member}
-    if ctx.sender.member_id is not None:
-        member = await db.get(Member, ctx.sender.member_id)
-        if member is not None:
-            ctx.member_units[member.id] = member.unit_id
-    if numbers:
+async def _load(
+    db: AsyncSession, ctx: _Context, events: Sequence[tuple[Sender, ClientEvent]]
+) -> None:
+    """Fetch, in a few queries, everything the new events refer to."""
+    numbers = {e.member for _, e in events if e.member}
+    sender_ids = {s.member_id for s, _ in events if s.member_id is not None}
+    if numbers or sender_ids:
         rows = await db.execute(
-            select(Member.member_no, Member.id, Member.unit_id).where(
-                Member.member_no.in_(numbers), Member.active.is_(True)
+            select(Member.id, Member.member_no, Member.unit_id, Member.active).where(
+                or_(Member.member_no.in_(numbers), Member.id.in_(sender_ids))
             )
         )
-        for number, member_id, unit_id in rows:
-            ctx.members[number] = member_id
+        for member_id, number, unit_id, active in rows:
+            if number in numbers and active:
+                ctx.members[number] = member_id
             ctx.member_units[member_id] = unit_id
-    member_ids = set(ctx.members.values())
-    if ctx.sender.member_id is not None:
-        member_ids.add(ctx.sender.member_id)
-    if member_ids:
+    member_ids = set(ctx.members.values()) | sender_ids
+    if member_ids and any(isinstance(e, CheckIn | CheckOut) for _, e in events):
         for row in await db.scalars(
             select(SessionCheckin).where(
                 SessionCheckin.session_id == ctx.session.id,
@@ -246,7 +283,7 @@ async def _load(db: AsyncSession, ctx: _Context, events: Sequence[ClientEvent]) 
             )
         ):
             ctx.checkins[row.member_id] = row
-    check_ids = {e.check for e in events if isinstance(e, PresenceAnswer)}
+    check_ids = {e.check for _, e in events if isinstance(e, PresenceAnswer)}
     if check_ids:
         for check in await db.scalars(
             select(PresenceCheck).where(
@@ -267,7 +304,7 @@ async def _load(db: AsyncSession, ctx: _Context, events: Sequence[ClientEvent]) 
             )
             for check_id, member_id, outcome in responses:
                 ctx.responses.setdefault((check_id, member_id), []).append(outcome)
-    question_ids = {e.question for e in events if isinstance(e, QuizAnswerEvent)}
+    question_ids = {e.question for _, e in events if isinstance(e, QuizAnswerEvent)}
     if question_ids:
         for question in await db.scalars(
             select(QuizQuestion).where(
@@ -275,10 +312,10 @@ async def _load(db: AsyncSession, ctx: _Context, events: Sequence[ClientEvent]) 
             )
         ):
             ctx.questions[question.id] = question
-        answerers = {f"member:{n}" for n in numbers}
-        if ctx.sender.kind == "member" or ctx.sender.kind == "venue":
-            answerers.add(ctx.sender.source)
-        # Only this batch's answerers: a question may hold thousands of answers.
+        answerers = {f"member:{n}" for n in numbers} | {
+            s.source for s, e in events if s.kind in ("member", "venue")
+        }
+        # Only these answerers': a question may hold thousands of answers.
         for answer in await db.scalars(
             select(QuizAnswer).where(
                 QuizAnswer.question_id.in_(question_ids), QuizAnswer.answerer.in_(answerers)
@@ -589,19 +626,19 @@ def _study_note(
     return {"ok": True, "status": "submitted", "characters": len(text)}
 
 
-async def _link_events(db: AsyncSession, session_id: int, ctx: _Context) -> None:
+async def _link_events(db: AsyncSession, contexts: Sequence[_Context]) -> None:
     """Point derived rows at the log entries they came from, then write them."""
-    if not ctx.linked:
-        await db.flush()
-        return
-    uuids = list({u for u, _ in ctx.linked})
-    rows = await db.execute(
-        select(AttendanceEvent.event_uuid, AttendanceEvent.id).where(
-            AttendanceEvent.session_id == session_id,
-            AttendanceEvent.event_uuid.in_(uuids),
+    for ctx in contexts:
+        if not ctx.linked:
+            continue
+        uuids = list({u for u, _ in ctx.linked})
+        rows = await db.execute(
+            select(AttendanceEvent.event_uuid, AttendanceEvent.id).where(
+                AttendanceEvent.session_id == ctx.session.id,
+                AttendanceEvent.event_uuid.in_(uuids),
+            )
         )
-    )
-    ids = {event_uuid: event_id for event_uuid, event_id in rows}
-    for event_uuid, row in ctx.linked:
-        row.event_id = ids.get(event_uuid)
+        ids = {event_uuid: event_id for event_uuid, event_id in rows}
+        for event_uuid, row in ctx.linked:
+            row.event_id = ids.get(event_uuid)
     await db.flush()

@@ -122,10 +122,15 @@ class AppendResult:
 
 
 async def append_attendance_events(
-    db: AsyncSession, events: Sequence[NewAttendanceEvent], *, now: datetime
+    db: AsyncSession,
+    events: Sequence[NewAttendanceEvent],
+    *,
+    now: datetime,
+    known_new: bool = False,
 ) -> AppendResult:
     """Store a batch once: events whose (session, UUID) is already stored, or that repeat within
-    the batch, are reported as duplicates and not written again."""
+    the batch, are reported as duplicates and not written again. ``known_new``: the caller
+    checked that with the chain locked (the unique index still guards it)."""
     if not events:
         return AppendResult([], [])
     # Lock the chain first: a retry racing its original (another process) must see it stored.
@@ -134,8 +139,9 @@ async def append_attendance_events(
     by_session: dict[int, list[uuid.UUID]] = {}
     for e in events:
         by_session.setdefault(e.session_id, []).append(e.event_uuid)
-    for session_id, uuids in by_session.items():
-        seen.update((session_id, u) for u in await _stored_uuids(db, session_id, uuids))
+    if not known_new:
+        for session_id, uuids in by_session.items():
+            seen.update((session_id, u) for u in await _stored_uuids(db, session_id, uuids))
     values: list[dict[str, Any]] = []
     stored: list[uuid.UUID] = []
     duplicates: list[uuid.UUID] = []

@@ -21,6 +21,7 @@ from attendance.store import Store
 from server import api, auth, points_api, presence_api, quiz_api, record_api, whip
 from server.auth import CLOCK, LOGIN_BRAKE, SETTINGS, STORE, LoginBrake, public
 from server.broadcast_state import BroadcastStateRecorder, follow_ended_sessions
+from server.callers import MEMBERS, MemberCache
 from server.http_errors import error_middleware
 from server.ingest_queue import IngestQueue
 from server.live import LiveHub
@@ -79,6 +80,7 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
     if settings.ice_addresses:
         advertise_addresses(settings.ice_addresses)
     app[LIVE] = LiveHub()
+    app[MEMBERS] = MemberCache()
     app[INGEST_QUEUE] = IngestQueue(store, clock, settings.resolved_secret_key())
     app[DIRTY_QUESTIONS] = set()
     recorder = BroadcastStateRecorder(store, clock)

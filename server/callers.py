@@ -31,6 +31,41 @@ _ROLE_AUDIENCE = {
 }
 
 
+# How long a member's roster entry (id, active, link version) is trusted without a new read:
+# a revoked link or a deactivated member is refused at most this much later.
+MEMBER_TTL_S = 10.0
+_MEMBER_CACHE_SIZE = 50_000
+
+
+@dataclass(frozen=True)
+class _MemberEntry:
+    id: int
+    active: bool
+    link_version: int
+    read_at: float
+
+
+class MemberCache:
+    """Recently read roster entries, so a busy session does not read one per request."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, _MemberEntry] = {}
+
+    def get(self, number: str, now: float) -> _MemberEntry | None:
+        entry = self._entries.get(number)
+        if entry is None or now - entry.read_at > MEMBER_TTL_S:
+            return None
+        return entry
+
+    def put(self, number: str, entry: _MemberEntry) -> None:
+        if len(self._entries) >= _MEMBER_CACHE_SIZE:
+            self._entries.clear()
+        self._entries[number] = entry
+
+
+MEMBERS = web.AppKey("studycast.member_cache", MemberCache)
+
+
 @dataclass(frozen=True)
 class Caller:
     """An authenticated caller of one session's endpoints."""
@@ -91,14 +126,14 @@ async def _token_caller(request: web.Request, session_id: int, token: str) -> Ca
         now=request.config_dict[CLOCK](),
     )
     kind, _, name = claims.subject.partition(":")
+    if claims.role is TokenRole.MEMBER and kind == "member":
+        member = await _member(request, name)
+        if member is None or not member.active:
+            raise AuthError("this personal link's member is not on the roster", code="revoked")
+        if claims.version is not None and claims.version != member.link_version:
+            raise AuthError("this personal link was replaced by a newer one", code="revoked")
+        return Caller(MEMBER, f"member:{name}", session_id, member.id, name)
     async with request.config_dict[STORE].read() as db:
-        if claims.role is TokenRole.MEMBER and kind == "member":
-            member = await db.scalar(select(Member).where(Member.member_no == name))
-            if member is None or not member.active:
-                raise AuthError("this personal link's member is not on the roster", code="revoked")
-            if claims.version is not None and claims.version != member.link_version:
-                raise AuthError("this personal link was replaced by a newer one", code="revoked")
-            return Caller(MEMBER, f"member:{name}", session_id, member.id, name)
         if claims.role is TokenRole.VENUE and kind == "venue":
             venue_id = await db.scalar(
                 select(Venue.id)
@@ -109,6 +144,27 @@ async def _token_caller(request: web.Request, session_id: int, token: str) -> Ca
                 raise Forbidden(f"venue {name!r} is not a venue of this session")
             return Caller(VENUE, f"venue:{name}", session_id, venue_id=venue_id, venue_slug=name)
     raise AuthError("the token's subject is malformed", code="invalid_token")
+
+
+async def _member(request: web.Request, number: str) -> _MemberEntry | None:
+    cache = request.config_dict[MEMBERS]
+    now = request.config_dict[CLOCK]().timestamp()
+    entry = cache.get(number, now)
+    if entry is not None:
+        return entry
+    async with request.config_dict[STORE].read() as db:
+        row = (
+            await db.execute(
+                select(Member.id, Member.active, Member.link_version).where(
+                    Member.member_no == number
+                )
+            )
+        ).one_or_none()
+    if row is None:
+        return None
+    entry = _MemberEntry(row[0], row[1], row[2], now)
+    cache.put(number, entry)
+    return entry
 
 
 async def _user_caller(request: web.Request, session_id: int) -> Caller:

@@ -12,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 
 from attendance.clock import Clock
 from attendance.events import Batch
-from attendance.ingest import BatchReport, Sender, ingest_batch
+from attendance.ingest import BatchJob, BatchReport, Sender, ingest_batches
 from attendance.store import Store
 
 log = logging.getLogger(__name__)
 
 MAX_GROUP = 128
+# Events judged in one transaction at most (bounds the IN lists and the transaction's length).
+MAX_GROUP_EVENTS = 5000
 
 
 @dataclass
@@ -41,7 +44,9 @@ class IngestQueue:
         self._store = store
         self._clock = clock
         self._secret = secret
-        self._jobs: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._jobs: deque[_Job] = deque()
+        self._wake = asyncio.Event()
+        self._stopping = False
         self._task: asyncio.Task[None] | None = None
         self.groups = 0
         self.batches = 0
@@ -53,39 +58,37 @@ class IngestQueue:
         if self._task is None or self._task.done():
             raise RuntimeError("the ingest queue is not running")
         job = _Job(session_id, sender, batch)
-        self._jobs.put_nowait(job)
+        self._jobs.append(job)
+        self._wake.set()
         return await job.done
 
     async def _run(self) -> None:
         while True:
-            first = await self._jobs.get()
-            if first is None:
-                return
-            group = [first]
-            while len(group) < MAX_GROUP and not self._jobs.empty():
-                job = self._jobs.get_nowait()
-                if job is None:
-                    self._jobs.put_nowait(None)  # stop after this group
+            if not self._jobs:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            group = [self._jobs.popleft()]
+            events = len(group[0].batch.events)
+            while self._jobs and len(group) < MAX_GROUP:
+                if events + len(self._jobs[0].batch.events) > MAX_GROUP_EVENTS:
                     break
-                group.append(job)
+                group.append(self._jobs.popleft())
+                events += len(group[-1].batch.events)
             await self._write(group)
 
     async def _write(self, group: list[_Job]) -> None:
         now = self._clock()
         try:
-            reports = []
             async with self._store.write() as db:
-                for job in group:
-                    reports.append(
-                        await ingest_batch(
-                            db,
-                            session_id=job.session_id,
-                            sender=job.sender,
-                            batch=job.batch,
-                            now=now,
-                            secret=self._secret,
-                        )
-                    )
+                reports = await ingest_batches(
+                    db,
+                    [BatchJob(j.session_id, j.sender, j.batch) for j in group],
+                    now=now,
+                    secret=self._secret,
+                )
         except Exception as exc:
             if len(group) == 1:
                 if not group[0].done.done():
@@ -105,7 +108,8 @@ class IngestQueue:
         """Finish what is queued, then stop; idempotent."""
         if self._task is None:
             return
-        self._jobs.put_nowait(None)
+        self._stopping = True
+        self._wake.set()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None

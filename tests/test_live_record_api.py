@@ -30,6 +30,7 @@ from attendance.journal import NewAttendanceEvent, append_attendance_events
 from attendance.models import AttendanceEvent, Member, SessionResult
 from attendance.store import Store
 from server.app import create_app
+from server.callers import MEMBER_TTL_S
 
 
 @pytest.fixture
@@ -253,6 +254,9 @@ async def test_a_replaced_personal_link_is_revoked(world: World) -> None:
     assert me["member_no"] == "M4"
     async with w.store.write() as db:
         await db.execute(update(Member).where(Member.member_no == "M4").values(link_version=2))
+    # Roster entries are trusted for MEMBER_TTL_S: the old link stops working within that.
+    assert (await w.get(f"{w.base}/me", {"Authorization": f"Bearer {token}"}))["member_no"] == "M4"
+    w.clock.advance(seconds=MEMBER_TTL_S + 1)
     r = await w.client.get(f"{w.base}/me", headers={"Authorization": f"Bearer {token}"})
     assert (r.status, await r.json()) == (
         401,
