@@ -6,10 +6,13 @@ store is prepared beforehand with the domain functions: a roster of ``--members`
 venues, one session expecting all of them, an organiser login. Then, over loopback HTTP:
 
 1. check-in: every member posts one ``check_in`` event with its own bearer token and the
-   venue's current signed code (fetched by the organiser), ``--concurrency`` requests in flight;
+   venue's current signed code (fetched by the organiser), arriving evenly over
+   ``--checkin-spread`` seconds (0: all at once), at most ``--concurrency`` requests in flight;
    ``--retries`` of those requests are then sent again and must come back ``duplicate``;
-2. quiz: the organiser creates and opens a question; every member posts one ``quiz_answer``;
+2. quiz: the organiser creates and opens a question; every member posts one ``quiz_answer``,
+   arriving evenly over ``--answer-spread`` seconds;
 3. sustained ingest: ``--senders`` members each post ``--batches`` batches of ``--batch``
+   (``--stream-concurrency`` batches in flight)
    heartbeats.
 
 Afterwards the database is read directly: one ``attendance_events`` row per event UUID sent
@@ -277,12 +280,17 @@ async def post_all(
     phase: Phase,
     concurrency: int,
     budget: float,
+    spread: float = 0.0,
 ) -> None:
     """Post each (token, events) batch once, ``concurrency`` at a time, recording latencies and
-    per-event statuses; jobs of one token in sequence when ``jobs`` lists them together."""
+    per-event statuses. With ``spread`` > 0 the requests arrive at evenly spaced times over
+    ``spread`` seconds (an open loop: members arriving), otherwise all at once (saturation)."""
     limit = asyncio.Semaphore(concurrency)
+    start = time.perf_counter()
 
-    async def one(token: str, events: Sequence[dict[str, Any]]) -> None:
+    async def one(token: str, events: Sequence[dict[str, Any]], due: float) -> None:
+        if due > 0:
+            await asyncio.sleep(max(0.0, start + due - time.perf_counter()))
         async with limit:
             began = time.perf_counter()
             try:
@@ -308,7 +316,8 @@ async def post_all(
             phase.events += len(events)
 
     began = time.perf_counter()
-    tasks = [asyncio.ensure_future(one(t, e)) for t, e in jobs]
+    step = spread / len(jobs) if jobs and spread > 0 else 0.0
+    tasks = [asyncio.ensure_future(one(t, e, i * step)) for i, (t, e) in enumerate(jobs)]
     try:
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=budget)
     except TimeoutError:
@@ -405,7 +414,9 @@ async def drive(
             }
             checkins.append((token, [event]))
         phase = Phase("check-in")
-        await post_all(http, events_url, checkins, phase, args.concurrency, args.budget)
+        await post_all(
+            http, events_url, checkins, phase, args.concurrency, args.budget, args.checkin_spread
+        )
         run.phases.append(phase)
         retry = Phase("check-in retries")
         step = max(1, len(checkins) // max(1, args.retries))
@@ -443,7 +454,9 @@ async def drive(
                 )
             )
         phase = Phase("quiz answer")
-        await post_all(http, events_url, answers, phase, args.concurrency, args.budget)
+        await post_all(
+            http, events_url, answers, phase, args.concurrency, args.budget, args.answer_spread
+        )
         run.phases.append(phase)
 
         # 3. Sustained ingest: senders stream batches of heartbeats.
@@ -461,7 +474,7 @@ async def drive(
                 batches.append(batch)
             streams.append((token, batches))
         phase = Phase(f"heartbeats x{args.batch}")
-        await post_streams(http, events_url, streams, phase, args.concurrency, args.budget)
+        await post_streams(http, events_url, streams, phase, args.stream_concurrency, args.budget)
         run.phases.append(phase)
     return sent
 
@@ -560,7 +573,9 @@ async def bench_backend(backend: str, args: argparse.Namespace) -> Run:
 def report(runs: Sequence[Run], args: argparse.Namespace) -> None:
     table = Table(
         title=f"Live record over HTTP: {args.members} members, nproc {os.cpu_count()}, "
-        f"Python {platform.python_version()}, {args.concurrency} requests in flight"
+        f"Python {platform.python_version()}, {args.concurrency} requests in flight "
+        f"({args.stream_concurrency} for heartbeat batches), check-ins over "
+        f"{args.checkin_spread:g} s, answers over {args.answer_spread:g} s"
     )
     for column in ("store", "phase", "requests", "events", "wall s", "events/s"):
         table.add_column(column, justify="right" if column not in ("store", "phase") else "left")
@@ -635,6 +650,24 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight (64)")
     parser.add_argument("--retries", type=int, default=200, help="check-ins sent again (200)")
     parser.add_argument("--senders", type=int, default=100, help="heartbeat senders (100)")
+    parser.add_argument(
+        "--checkin-spread",
+        type=float,
+        default=8.0,
+        help="check-ins arrive evenly over this many seconds (8; 0: all at once)",
+    )
+    parser.add_argument(
+        "--answer-spread",
+        type=float,
+        default=3.0,
+        help="answers arrive evenly over this many seconds (3; 0: all at once)",
+    )
+    parser.add_argument(
+        "--stream-concurrency",
+        type=int,
+        default=8,
+        help="heartbeat batches in flight (8): in a closed loop latency is in-flight / rate",
+    )
     parser.add_argument("--batches", type=int, default=10, help="batches per sender (10)")
     parser.add_argument("--batch", type=int, default=100, help="heartbeats per batch (100)")
     parser.add_argument("--budget", type=float, default=120.0, help="seconds per phase (120)")
