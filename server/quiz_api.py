@@ -19,7 +19,8 @@ from attendance.questions import (
     question_results,
     reveal_question,
 )
-from attendance.quiz import parse_bank_csv, parse_bank_json, parse_question
+from attendance.quiz import parse_bank_json, parse_question
+from attendance.quiz_csv import parse_bank_csv
 from attendance.sessions import get_session
 from server.api import _id_param
 from server.auth import CLOCK, STORE, token_or_login

@@ -22,12 +22,12 @@ from attendance.quiz import (
     Score,
     distribution,
     normalise_answer,
-    parse_bank_csv,
     parse_bank_json,
     parse_question,
     rank,
     score,
 )
+from attendance.quiz_csv import parse_bank_csv
 
 OPEN = datetime(2025, 3, 1, 9, 0, 0, tzinfo=UTC)
 CLOSE = OPEN + timedelta(seconds=30)
