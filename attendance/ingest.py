@@ -1,12 +1,14 @@
-"""Event ingestion: a batch of client events judged, stored once, and applied.
+"""Event ingestion: batches of client events judged, stored once, and applied.
 
-One batch runs in one write transaction with the attendance chain locked, so events are judged
-in order against the state earlier events (of this batch or before) left. Every event that
-passes validation is appended to the hash-chained log together with the server's judgement
-(``payload["result"]``); a retried event (same session and UUID) is not stored again and gets
-the stored judgement back. Events that fail validation are not stored; their error names the
-field. Derived state (current check-in, presence responses, quiz answers, study notes) is
-written in the same transaction.
+Batches run in a write transaction with the attendance chain locked, so events are judged in
+order against the state earlier events (of this batch, an earlier batch of the group, or before)
+left; concurrent requests share one transaction (``ingest_batches``, fed by the server's group
+commit) and a few queries load what all their events refer to. Every event that passes
+validation is appended to the hash-chained log together with the server's judgement
+(``payload["result"]``, see ``attendance.judging``); a retried event (same session and UUID) is
+not stored again and gets the stored judgement back. Events that fail validation are not stored;
+their error names the field. Derived state (current check-in, presence responses, quiz answers,
+study notes) is written in the same transaction.
 """
 
 from __future__ import annotations
