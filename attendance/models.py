@@ -275,6 +275,9 @@ class AttendanceEvent(Base):
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64), unique=True)
+    # Retention removed the raw content (payload emptied): the row stays as a link of the chain,
+    # whose hash can no longer be recomputed, only followed.
+    pruned_at: Mapped[datetime | None]
 
     __table_args__ = (
         UniqueConstraint("session_id", "event_uuid"),

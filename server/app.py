@@ -18,7 +18,17 @@ import client
 from attendance.clock import Clock, utcnow
 from attendance.errors import StoreError
 from attendance.store import Store
-from server import api, auth, points_api, presence_api, quiz_api, record_api, whip
+from server import (
+    api,
+    audit_api,
+    auth,
+    points_api,
+    presence_api,
+    quiz_api,
+    record_api,
+    report_api,
+    whip,
+)
 from server.auth import CLOCK, LOGIN_BRAKE, SETTINGS, STORE, LoginBrake, public
 from server.broadcast_state import BroadcastStateRecorder, follow_ended_sessions
 from server.callers import MEMBERS, MemberCache
@@ -106,6 +116,8 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
     app.add_routes(quiz_api.routes)
     app.add_routes(presence_api.routes)
     app.add_routes(points_api.routes)
+    app.add_routes(report_api.routes)
+    app.add_routes(audit_api.routes)
     whip.add_routes(app)
     # Last, so that every route above wins over a file of the same name.
     app.router.add_get(r"/{path:[A-Za-z0-9_][A-Za-z0-9_./-]*\.[A-Za-z0-9]+}", web_file)

@@ -48,6 +48,15 @@ class Settings(BaseSettings):
     evidence_interval_s: float = Field(
         15.0, ge=0.2, le=300, description="how often media delivered to viewers is recorded"
     )
+    retention_recordings_days: int | None = Field(
+        None, ge=1, le=36500, description="days recordings are kept (unset: for ever)"
+    )
+    retention_raw_events_days: int | None = Field(
+        None,
+        ge=1,
+        le=36500,
+        description="days raw heartbeats and media evidence are kept (unset: for ever)",
+    )
     tick_interval_s: float = Field(
         1.0, ge=0.05, le=60, description="how often due presence checks and quiz timers are run"
     )

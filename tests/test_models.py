@@ -113,6 +113,7 @@ def build_all(now: datetime) -> list[Base]:
             payload={"visible": True, "笔记": "好"},
             prev_hash="0" * 64,
             hash=H,
+            pruned_at=None,
         ),
         PresenceCheck(
             id=1,

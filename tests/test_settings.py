@@ -49,6 +49,8 @@ def test_defaults(tmp_path: Path) -> None:
         "login_ttl_hours": 12.0,
         "max_body_bytes": 1024 * 1024,
         "evidence_interval_s": 15.0,
+        "retention_recordings_days": None,
+        "retention_raw_events_days": None,
         "tick_interval_s": 1.0,
     }
     assert s.resolved_database_url() == f"sqlite:///{tmp_path.resolve()}/data/studycast.db"

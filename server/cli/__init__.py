@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
+from server.cli.audit import audit
 from server.cli.common import settings_options
 from server.cli.db import db
 from server.cli.directory import unit, venue
 from server.cli.loadtest import loadtest as loadtest_command
+from server.cli.report import report
 from server.cli.roster import roster
 from server.cli.serve import serve
 from server.cli.sessions import session
@@ -20,5 +22,5 @@ def main() -> None:
     """studycast: live study sessions for many venues and members, with an audited record."""
 
 
-for command in (serve, db, user, roster, unit, venue, session, loadtest_command):
+for command in (serve, db, user, roster, unit, venue, session, report, audit, loadtest_command):
     main.add_command(command)
