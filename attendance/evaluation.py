@@ -118,7 +118,12 @@ async def session_attendance(
         AttendanceEvent.venue_id,
         AttendanceEvent.server_time,
         AttendanceEvent.payload,
-    ).where(AttendanceEvent.session_id == session_id, AttendanceEvent.kind.in_(EVIDENCE_KINDS))
+    ).where(
+        AttendanceEvent.session_id == session_id,
+        AttendanceEvent.kind.in_(EVIDENCE_KINDS),
+        # Retention emptied these; the session's stored results keep what they showed.
+        AttendanceEvent.pruned_at.is_(None),
+    )
     if wanted is not None:
         query = query.where(
             or_(AttendanceEvent.member_id.in_(wanted), AttendanceEvent.member_id.is_(None))

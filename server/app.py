@@ -38,7 +38,7 @@ from server.live import LiveHub
 from server.live_events import LIVE, publish_session_state
 from server.metrics import METRICS, Metrics, RelayCollector, count_requests, metrics_endpoint
 from server.record_api import INGEST_QUEUE
-from server.record_tasks import DIRTY_QUESTIONS, EvidenceSampler, run_ticker
+from server.record_tasks import DIRTY_QUESTIONS, EvidenceSampler, run_retention, run_ticker
 from server.relay.ice import advertise_addresses
 from server.relay.relay import Relay
 from server.settings import Settings
@@ -139,6 +139,15 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
     tasks = [
         asyncio.create_task(follow_ended_sessions(store, relay)),
         asyncio.create_task(EvidenceSampler(store, relay, clock).run(settings.evidence_interval_s)),
+        asyncio.create_task(
+            run_retention(
+                store,
+                clock,
+                raw_events_days=settings.retention_raw_events_days,
+                recordings_days=settings.retention_recordings_days,
+                recordings_root=settings.data_dir,
+            )
+        ),
         asyncio.create_task(
             run_ticker(
                 store, app[LIVE], relay, clock, settings.tick_interval_s, app[DIRTY_QUESTIONS]

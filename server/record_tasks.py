@@ -15,6 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,7 @@ from attendance.journal import NewAttendanceEvent, append_attendance_events
 from attendance.models import Member, QuizQuestion, SessionCheckin, StudySession, Venue
 from attendance.presence_checks import announce_due
 from attendance.questions import close_due, question_results
+from attendance.retention import apply_retention
 from attendance.store import Store
 from server.live import LiveHub
 from server.live_events import (
@@ -228,3 +230,36 @@ async def run_ticker(
             log.warning("live record tick failed: %s", exc.detail)
         except Exception:
             log.exception("live record tick failed")
+
+
+RETENTION_EVERY_S = 3600.0
+
+
+async def run_retention(
+    store: Store,
+    clock: Clock,
+    *,
+    raw_events_days: int | None,
+    recordings_days: int | None,
+    recordings_root: Path,
+    interval: float = RETENTION_EVERY_S,
+) -> None:
+    """Apply the retention settings now and then every ``interval`` seconds, until cancelled."""
+    if raw_events_days is None and recordings_days is None:
+        return
+    while True:
+        try:
+            async with store.write() as db:
+                await apply_retention(
+                    db,
+                    now=clock(),
+                    raw_events_days=raw_events_days,
+                    recordings_days=recordings_days,
+                    recordings_root=recordings_root,
+                    actor="retention",
+                )
+        except StudycastError as exc:
+            log.warning("retention failed: %s", exc.detail)
+        except Exception:
+            log.exception("retention failed")
+        await asyncio.sleep(interval)

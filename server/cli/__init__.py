@@ -10,6 +10,7 @@ from server.cli.db import db
 from server.cli.directory import unit, venue
 from server.cli.loadtest import loadtest as loadtest_command
 from server.cli.report import report
+from server.cli.retention import retention
 from server.cli.roster import roster
 from server.cli.serve import serve
 from server.cli.sessions import session
@@ -22,5 +23,17 @@ def main() -> None:
     """studycast: live study sessions for many venues and members, with an audited record."""
 
 
-for command in (serve, db, user, roster, unit, venue, session, report, audit, loadtest_command):
+for command in (
+    serve,
+    db,
+    user,
+    roster,
+    unit,
+    venue,
+    session,
+    report,
+    audit,
+    retention,
+    loadtest_command,
+):
     main.add_command(command)
