@@ -19,11 +19,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from attendance import intervals
 from attendance.clock import as_utc
+from attendance.errors import Conflict
 from attendance.intervals import MemberAttendance, PresenceWindow, Span
 from attendance.models import (
     AttendanceEvent,
     Member,
     OrgUnit,
+    PointsEntry,
     PresenceCheck,
     PresenceResponse,
     QuizAnswer,
@@ -39,7 +41,7 @@ from attendance.presence import CONFIRMING, PASSED
 from attendance.rules import Verdict, evaluate
 from attendance.sessions import AttendanceRule, get_session
 
-EVIDENCE_KINDS = ("broadcast", "media", "heartbeat", "check_in", "check_out")
+EVIDENCE_KINDS = ("broadcast", "media", "heartbeat", "check_in", "check_out", "correction")
 
 
 @dataclass
@@ -128,8 +130,14 @@ async def session_attendance(
         query = query.where(
             or_(AttendanceEvent.member_id.in_(wanted), AttendanceEvent.member_id.is_(None))
         )
-    for kind, member_id, venue_id, server_time, payload in await db.execute(query):
-        if kind == "broadcast":
+    corrections: dict[int, dict[str, Any]] = {}
+    for kind, member_id, venue_id, server_time, payload in await db.execute(
+        query.order_by(AttendanceEvent.id)
+    ):
+        if kind == "correction":
+            if member_id is not None:
+                corrections[member_id] = payload  # the latest correction counts
+        elif kind == "broadcast":
             changes.append((_time(payload["at"]), str(payload["state"])))
         elif kind == "media":
             span = Span(_time(payload["from"]), _time(payload["to"]))
@@ -211,6 +219,8 @@ async def session_attendance(
             presence_passed=attendance.presence_passed,
             presence_total=attendance.presence_total,
         )
+        if member_id in corrections:
+            verdict = corrected(verdict, corrections[member_id])
         rows.append(
             MemberRow(
                 member_id=member_id,
@@ -226,6 +236,15 @@ async def session_attendance(
             )
         )
     return rows
+
+
+def corrected(verdict: Verdict, correction: dict[str, Any]) -> Verdict:
+    """A verdict as an organiser's correction event sets it, saying who, why and what it was."""
+    return Verdict(
+        bool(correction["qualified"]),
+        f"corrected by {correction.get('by', '?')}: {correction['reason']} "
+        f"(evaluated: {verdict.reason})",
+    )
 
 
 async def expected_member_ids(db: AsyncSession, session: StudySession) -> set[int]:
@@ -276,6 +295,17 @@ async def _members(db: AsyncSession, ids: set[int]) -> dict[int, tuple[str, str,
 async def finalize_session(db: AsyncSession, session_id: int, *, now: datetime) -> list[MemberRow]:
     """Evaluate every member of an ended session: store the results (replacing an earlier
     evaluation) and award attendance points once per qualified member."""
+    pruned = await db.scalar(
+        select(AttendanceEvent.id)
+        .where(AttendanceEvent.session_id == session_id, AttendanceEvent.pruned_at.is_not(None))
+        .limit(1)
+    )
+    if pruned is not None:
+        raise Conflict(
+            f"session {session_id}'s raw evidence was removed by retention: its results are final"
+            " (corrections still apply)",
+            code="evidence_pruned",
+        )
     rows = await session_attendance(db, session_id, now=now)
     session = await get_session(db, session_id)
     rule = AttendanceRule.model_validate(session.attendance_rule or {})
@@ -301,18 +331,57 @@ async def finalize_session(db: AsyncSession, session_id: int, *, now: datetime) 
                 evaluated_at=now,
             )
         )
-        if row.verdict.qualified and rule.attendance_points:
-            await award(
-                db,
-                ref=f"attendance:{session_id}:{row.member_id}",
-                member_id=row.member_id,
-                venue_id=a.venue_id,
-                unit_id=row.unit_id,
-                session_id=session_id,
-                kind="attendance",
-                points=rule.attendance_points,
-                reason=f"attended session {session_id}: {row.verdict.reason}",
-                now=now,
-            )
+    await settle_attendance_points(
+        db,
+        session_id,
+        [(r.member_id, r.unit_id, r.attendance.venue_id, r.verdict) for r in rows],
+        points=rule.attendance_points,
+        now=now,
+    )
     await db.flush()
     return rows
+
+
+async def settle_attendance_points(
+    db: AsyncSession,
+    session_id: int,
+    verdicts: Iterable[tuple[int, int, int | None, Verdict]],
+    *,
+    points: int,
+    now: datetime,
+) -> None:
+    """Bring each member's attendance points for the session to what their verdict earns:
+    the first award, then (after a correction) adjustments up or down, never edits."""
+    held: dict[int, tuple[int, int]] = defaultdict(lambda: (0, 0))  # member -> (points, entries)
+    for member_id, amount in await db.execute(
+        select(PointsEntry.member_id, PointsEntry.points).where(
+            PointsEntry.session_id == session_id, PointsEntry.kind == "attendance"
+        )
+    ):
+        if member_id is not None:
+            total, entries = held[member_id]
+            held[member_id] = (total + amount, entries + 1)
+    for member_id, unit_id, venue_id, verdict in verdicts:
+        wanted = points if verdict.qualified else 0
+        total, entries = held[member_id]
+        if wanted == total:
+            continue
+        ref = f"attendance:{session_id}:{member_id}"
+        if entries:
+            ref = f"{ref}:adjust:{entries}"
+        await award(
+            db,
+            ref=ref,
+            member_id=member_id,
+            venue_id=venue_id,
+            unit_id=unit_id,
+            session_id=session_id,
+            kind="attendance",
+            points=wanted - total,
+            reason=(
+                f"attended session {session_id}: {verdict.reason}"
+                if not entries
+                else f"attendance of session {session_id} re-evaluated: {verdict.reason}"
+            ),
+            now=now,
+        )

@@ -3,15 +3,18 @@ points across sessions."""
 
 from __future__ import annotations
 
+import uuid
+
 from aiohttp import web
 from sqlalchemy import select
 
 from attendance.errors import InvalidInput, NotFound
-from attendance.models import Member, Role
+from attendance.journal import record_admin_event
+from attendance.models import Member, Role, StudySession
 from attendance.notes import describe_note, list_notes, review_note
-from attendance.points import leaderboard, member_points
+from attendance.points import award, leaderboard, member_points
 from server.api import _id_param
-from server.auth import CLOCK, STORE, require_role, token_or_login
+from server.auth import CLOCK, STORE, current_user, require_role, token_or_login
 from server.callers import ORGANISER
 from server.http_errors import read_json_object
 from server.record_api import STAFF, caller_for
@@ -102,3 +105,55 @@ async def member_points_show(request: web.Request) -> web.Response:
             raise NotFound(f"no member {number[:40]!r}")
         body = await member_points(db, member_id)
     return web.json_response({"member_no": number, **body})
+
+
+@routes.post("/api/members/{member_no}/points/corrections")
+@require_role(Role.ORGANISER)
+async def member_points_correct(request: web.Request) -> web.Response:
+    """``{"points": -5, "reason": "..."}``: a correction entry in the ledger (never an edit)."""
+    user = await current_user(request)
+    number = request.match_info["member_no"]
+    body = await read_json_object(request)
+    unknown = set(body) - {"points", "reason", "session_id"}
+    if unknown:
+        raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}")
+    points, reason = body.get("points"), body.get("reason")
+    if not isinstance(points, int) or isinstance(points, bool) or not -10_000 <= points <= 10_000:
+        raise InvalidInput("points: a whole number between -10000 and 10000")
+    if points == 0:
+        raise InvalidInput("points: a correction of 0 changes nothing")
+    if not isinstance(reason, str) or not reason.strip() or len(reason) > 1000:
+        raise InvalidInput("reason: say why (up to 1000 characters)")
+    session_id = body.get("session_id")
+    if session_id is not None and (not isinstance(session_id, int) or isinstance(session_id, bool)):
+        raise InvalidInput("session_id: a session number")
+    now = request.config_dict[CLOCK]()
+    async with request.config_dict[STORE].write() as db:
+        member = await db.scalar(select(Member).where(Member.member_no == number))
+        if member is None:
+            raise NotFound(f"no member {number[:40]!r}")
+        if session_id is not None and await db.get(StudySession, session_id) is None:
+            raise NotFound(f"no study session {session_id}")
+        ref = f"correction:{uuid.uuid4()}"
+        await award(
+            db,
+            ref=ref,
+            member_id=member.id,
+            venue_id=None,
+            unit_id=member.unit_id,
+            session_id=session_id,
+            kind="correction",
+            points=points,
+            reason=f"{reason.strip()} (by {user.actor})",
+            now=now,
+        )
+        await record_admin_event(
+            db,
+            now=now,
+            actor=user.actor,
+            action="points_corrected",
+            target=f"member:{number}",
+            detail={"points": points, "reason": reason.strip(), "session_id": session_id},
+        )
+        body = {"member_no": number, "ref": ref, **await member_points(db, member.id)}
+    return web.json_response(body, status=201)

@@ -8,6 +8,7 @@ operators with their login (``server.callers``).
 from __future__ import annotations
 
 import io
+import uuid
 from typing import Any
 
 import segno
@@ -15,7 +16,8 @@ from aiohttp import web
 from sqlalchemy import select
 
 from attendance import checkin
-from attendance.errors import NotFound
+from attendance.corrections import correct_attendance
+from attendance.errors import InvalidInput, NotFound
 from attendance.evaluation import expected_member_ids, session_attendance
 from attendance.events import parse_batch
 from attendance.models import (
@@ -272,3 +274,34 @@ async def member_links(request: web.Request) -> web.Response:
         ],
     }
     return web.json_response(body)
+
+
+@routes.post("/api/sessions/{id}/corrections")
+@token_or_login
+async def attendance_correct(request: web.Request) -> web.Response:
+    """``{"member": "1001", "qualified": true, "reason": "..."}``: override a member's verdict
+    (a new event with the reason; what was recorded stays)."""
+    session_id, caller = await caller_for(request, frozenset({ORGANISER}))
+    body = await read_json_object(request)
+    unknown = set(body) - {"member", "qualified", "reason"}
+    if unknown:
+        raise InvalidInput(f"unknown fields: {', '.join(sorted(unknown))}")
+    member, qualified, reason = body.get("member"), body.get("qualified"), body.get("reason")
+    if not isinstance(member, str) or not member:
+        raise InvalidInput("member: the member number, as text")
+    if not isinstance(qualified, bool):
+        raise InvalidInput("qualified: true or false")
+    if not isinstance(reason, str):
+        raise InvalidInput("reason: say why, as text")
+    async with request.config_dict[STORE].write() as db:
+        answer = await correct_attendance(
+            db,
+            session_id,
+            member_no=member,
+            qualified=qualified,
+            reason=reason,
+            now=request.config_dict[CLOCK](),
+            actor=caller.actor,
+            event_id=uuid.uuid4(),
+        )
+    return web.json_response(answer, status=201)
