@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, or_, select
+from sqlalchemy import ColumnElement, delete, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from attendance import intervals
@@ -40,8 +40,6 @@ from attendance.points import award
 from attendance.presence import CONFIRMING, PASSED
 from attendance.rules import Verdict, evaluate
 from attendance.sessions import AttendanceRule, get_session
-
-EVIDENCE_KINDS = ("broadcast", "media", "heartbeat", "check_in", "check_out", "correction")
 
 
 @dataclass
@@ -114,46 +112,64 @@ async def session_attendance(
     changes: list[tuple[datetime, str]] = []
     screens: dict[int, list[Span]] = defaultdict(list)
     evidence: dict[int, _Evidence] = defaultdict(_Evidence)
-    query = select(
+    p = AttendanceEvent.payload
+    base: tuple[ColumnElement[bool], ...] = (
+        AttendanceEvent.session_id == session_id,
+        # Retention emptied these; the session's stored results keep what they showed.
+        AttendanceEvent.pruned_at.is_(None),
+    )
+    if wanted is not None:
+        base = (
+            *base,
+            or_(AttendanceEvent.member_id.in_(wanted), AttendanceEvent.member_id.is_(None)),
+        )
+    # The many rows (heartbeats, media): only the fields needed, extracted by the database
+    # (decoding 200,000 payloads in Python doubles the time of a live report).
+    bulk = select(
+        AttendanceEvent.kind,
+        AttendanceEvent.member_id,
+        AttendanceEvent.venue_id,
+        p["happened_at"].as_string(),
+        p["visible"].as_boolean(),
+        p["status"].as_string(),
+        p["from"].as_string(),
+        p["to"].as_string(),
+        p["at"].as_string(),
+        p["state"].as_string(),
+    ).where(*base, AttendanceEvent.kind.in_(("broadcast", "media", "heartbeat")))
+    for kind, member_id, venue_id, happened, visible, status, start, end, at, state in (
+        await db.execute(bulk)
+    ):
+        if kind == "broadcast":
+            changes.append((_time(at), str(state)))
+        elif kind == "media":
+            span = Span(_time(start), _time(end))
+            if member_id is not None:
+                evidence[member_id].delivered.append(span)
+            elif venue_id is not None:
+                screens[venue_id].append(span)
+        elif member_id is not None and status == "accepted":
+            evidence[member_id].beats.append((_time(happened), visible is not False))
+    corrections: dict[int, dict[str, Any]] = {}
+    rest = select(
         AttendanceEvent.kind,
         AttendanceEvent.member_id,
         AttendanceEvent.venue_id,
         AttendanceEvent.server_time,
         AttendanceEvent.payload,
-    ).where(
-        AttendanceEvent.session_id == session_id,
-        AttendanceEvent.kind.in_(EVIDENCE_KINDS),
-        # Retention emptied these; the session's stored results keep what they showed.
-        AttendanceEvent.pruned_at.is_(None),
-    )
-    if wanted is not None:
-        query = query.where(
-            or_(AttendanceEvent.member_id.in_(wanted), AttendanceEvent.member_id.is_(None))
-        )
-    corrections: dict[int, dict[str, Any]] = {}
+    ).where(*base, AttendanceEvent.kind.in_(("check_in", "check_out", "correction")))
     for kind, member_id, venue_id, server_time, payload in await db.execute(
-        query.order_by(AttendanceEvent.id)
+        rest.order_by(AttendanceEvent.id)
     ):
-        if kind == "correction":
-            if member_id is not None:
-                corrections[member_id] = payload  # the latest correction counts
-        elif kind == "broadcast":
-            changes.append((_time(payload["at"]), str(payload["state"])))
-        elif kind == "media":
-            span = Span(_time(payload["from"]), _time(payload["to"]))
-            if member_id is not None:
-                evidence[member_id].delivered.append(span)
-            elif venue_id is not None:
-                screens[venue_id].append(span)
-        elif member_id is None or payload.get("status") != "accepted":
+        if member_id is None:
             continue
-        elif kind == "heartbeat":
-            evidence[member_id].beats.append(
-                (_time(payload["happened_at"]), bool(payload.get("visible", True)))
-            )
+        if kind == "correction":
+            corrections[member_id] = payload  # the latest correction counts
+        elif payload.get("status") != "accepted":
+            continue
         elif kind == "check_in":
             evidence[member_id].checkins.append((as_utc(server_time), venue_id))
-        elif kind == "check_out":
+        else:
             evidence[member_id].checkins.append((as_utc(server_time), None))
     live = intervals.live_spans(changes, until)
 

@@ -21,7 +21,7 @@ from attendance.clock import as_utc
 from attendance.reports import MemberHistory, SessionReport, UnitFigures, VenueFigures
 
 # The roster's CSV-injection guard; it is private there (see the issue note), reused, not copied.
-from attendance.roster import _defuse
+from attendance.roster import defuse_cell
 
 ExportFormat = Literal["csv", "xlsx"]
 FORMATS: tuple[ExportFormat, ...] = ("csv", "xlsx")
@@ -220,7 +220,7 @@ def to_csv(table: ExportTable) -> bytes:
     out = io.StringIO(newline="")
     writer = csv.writer(out, lineterminator="\r\n")
     for line in table.header_lines():
-        writer.writerow([_defuse(cell) for cell in line])
+        writer.writerow([defuse_cell(cell) for cell in line])
     writer.writerow([])
     writer.writerow([c.heading for c in table.columns])
     for row in table.rows:
@@ -232,7 +232,7 @@ def _csv_cell(value: Any) -> str:
     # Numbers stay as written (a negative number is no formula); text is defused.
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
-    return _defuse(_text(value))
+    return defuse_cell(_text(value))
 
 
 def to_xlsx(table: ExportTable) -> bytes:

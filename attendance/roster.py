@@ -566,7 +566,7 @@ async def export_roster(
     return rows
 
 
-def _defuse(value: str) -> str:
+def defuse_cell(value: str) -> str:
     # A leading quote makes spreadsheets show the cell as text instead of running it.
     return "'" + value if _FORMULA.match(value) else value
 
@@ -577,7 +577,7 @@ def roster_to_csv(rows: Iterable[RosterRow]) -> bytes:
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(FIELDS)
     for r in rows:
-        writer.writerow([_defuse(v) for v in (r.member_no, r.name, r.unit_path, r.phone or "")])
+        writer.writerow([defuse_cell(v) for v in (r.member_no, r.name, r.unit_path, r.phone or "")])
     return out.getvalue().encode("utf-8-sig")
 
 
