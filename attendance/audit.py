@@ -35,6 +35,7 @@ from attendance.clock import as_utc
 from attendance.errors import InvalidInput, StoreError
 from attendance.journal import record_admin_event
 from attendance.models import AdminEvent, AttendanceEvent
+from attendance.retention import RAW_KINDS
 from attendance.store import Store
 
 ATTENDANCE = "attendance"
@@ -46,20 +47,32 @@ EDITED = "content_edited"
 LINK_BROKEN = "link_broken"
 TRUNCATED = "truncated"
 DIVERGED = "diverged"
+UNLOGGED_PRUNE = "unlogged_prune"
 REASONS = {
     EDITED: "the row's content does not match its hash (row edited)",
     LINK_BROKEN: "the row does not link to the previous one (row removed, inserted or reordered)",
     TRUNCATED: "the log ends before the checkpoint's count (rows removed from the end)",
     DIVERGED: "the chain holds but its hash here is not the checkpoint's head "
     "(history before this point was rewritten and rehashed)",
+    UNLOGGED_PRUNE: "the row's content was removed, but no logged retention run removed it "
+    "(raw evidence of its session was never pruned, or it is not raw evidence)",
 }
 
 KEY_FILE = "audit_key"
 CHECKPOINT_VERSION = 1
 
-# One stored row as the walker sees it: id, prev_hash, hash, and the hashed fields, or None
-# for a row whose content retention removed (its hash can only be followed, not recomputed).
-ChainRow = tuple[int, str, str, Mapping[str, Any] | None]
+
+@dataclass(frozen=True)
+class Pruned:
+    """A row whose content retention removed: its hash can only be followed, not recomputed;
+    what is left says which session and kind it was, to check against the retention log."""
+
+    session_id: int
+    kind: str
+
+
+# One stored row as the walker sees it: id, prev_hash, hash, and the hashed fields (or Pruned).
+ChainRow = tuple[int, str, str, "Mapping[str, Any] | Pruned"]
 
 
 class CheckpointRefused(InvalidInput):
@@ -146,9 +159,16 @@ class ChainWalker:
     checkpoint: the hash of row ``count`` (1-based) must be ``head``.
     """
 
-    def __init__(self, chain: str, expect: tuple[int, str] | None = None) -> None:
+    def __init__(
+        self,
+        chain: str,
+        expect: tuple[int, str] | None = None,
+        pruned_sessions: frozenset[int] = frozenset(),
+    ) -> None:
         self.chain = chain
         self.expect = expect
+        # Sessions whose raw evidence a logged retention run removed.
+        self.pruned_sessions = pruned_sessions
         self.rows = 0
         self.pruned_followed = 0
         self.head = GENESIS
@@ -169,8 +189,11 @@ class ChainWalker:
                 continue
             if prev_hash != expected_prev:
                 fault = ChainFault(position, row_id, LINK_BROKEN)
-            elif fields is None:
-                pruned += 1  # content gone: the link is all that can be checked
+            elif isinstance(fields, Pruned):
+                if fields.session_id in self.pruned_sessions and fields.kind in RAW_KINDS:
+                    pruned += 1  # content gone: the link is all that can be checked
+                else:
+                    fault = ChainFault(position, row_id, UNLOGGED_PRUNE)
             elif link(prev_hash, fields) != stored_hash:
                 fault = ChainFault(position, row_id, EDITED)
             if fault is None and position == mark and stored_hash != mark_head:
@@ -283,7 +306,8 @@ async def _walk(db: AsyncSession, walker: ChainWalker, batch: int) -> None:
             return
         # Hashing a page is CPU work: a worker thread keeps a serving event loop responsive.
         await asyncio.to_thread(
-            walker.feed, [(r[0], r[1], r[2], None if r[3] else fields(r)) for r in rows]
+            walker.feed,
+            [(r[0], r[1], r[2], Pruned(r[4], r[6]) if r[3] else fields(r)) for r in rows],
         )
         after = rows[-1][0]
         if len(rows) < batch:
@@ -301,12 +325,19 @@ async def verify_chains(
     extends it unchanged."""
     results: dict[str, ChainResult] = {}
     async with store.read() as db:
+        pruned_sessions = frozenset(
+            int(target.removeprefix("session:"))
+            for target in await db.scalars(
+                select(AdminEvent.target).where(AdminEvent.action == "retention_pruned_events")
+            )
+            if target and target.startswith("session:") and target[8:].isdigit()
+        )
         for chain in CHAINS:
             expect = None
             if checkpoint is not None:
                 mark = checkpoint.chains[chain]
                 expect = (mark.count, mark.head)
-            walker = ChainWalker(chain, expect)
+            walker = ChainWalker(chain, expect, pruned_sessions)
             await _walk(db, walker, batch)
             results[chain] = walker.finish()
     return ChainReport(results, now)

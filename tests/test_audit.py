@@ -30,6 +30,7 @@ from attendance.audit import (
     EDITED,
     LINK_BROKEN,
     TRUNCATED,
+    UNLOGGED_PRUNE,
     ChainFault,
     CheckpointRefused,
     audit_key,
@@ -303,12 +304,25 @@ async def test_an_edited_admin_entry_is_found(store: Store, log: list[int], now:
 async def test_pruned_rows_are_followed_by_their_links(
     store: Store, log: list[int], now: datetime
 ) -> None:
-    pruned = [log[0], log[4], log[5], log[-1]]
+    # Heartbeats (every row but each third) are raw evidence that retention may prune.
+    pruned = [log[1], log[4], log[5], log[-2]]
     async with store.write() as db:
+        session_id = (await db.scalars(select(AttendanceEvent.session_id))).first()
         await db.execute(
             update(AttendanceEvent)
             .where(AttendanceEvent.id.in_(pruned))
             .values(payload={}, pruned_at=now + timedelta(days=400))
+        )
+    # Content removed without a logged retention run: that is tampering, not retention.
+    assert await attendance_fault(store, now) == ChainFault(1, log[1], UNLOGGED_PRUNE)
+    async with store.write() as db:
+        await record_admin_event(
+            db,
+            now=now + timedelta(days=400),
+            actor="retention",
+            action="retention_pruned_events",
+            target=f"session:{session_id}",
+            detail={"kinds": ["heartbeat", "media"], "rows": 4, "days": 30},
         )
     report = await verify_chains(store, now=now, batch=3)
     assert report.ok
@@ -318,8 +332,19 @@ async def test_pruned_rows_are_followed_by_their_links(
     )
     # A pruned row's link is still checked.
     async with store.write() as db:
+        prev = (await db.get(AttendanceEvent, log[5])).prev_hash  # type: ignore[union-attr]
         await update_row(db, log[5], prev_hash="0" * 63 + "1")
     assert await attendance_fault(store, now) == ChainFault(5, log[5], LINK_BROKEN)
+    async with store.write() as db:
+        await update_row(db, log[5], prev_hash=prev)
+    assert await attendance_fault(store, now) is None
+    # Retention never removes a check-in: one emptied is found.
+    async with store.write() as db:
+        await update_row(db, log[3], payload={}, pruned_at=now)
+    assert await attendance_fault(store, now) == ChainFault(3, log[3], UNLOGGED_PRUNE)
+    async with store.write() as db:
+        await update_row(db, log[3], pruned_at=None)
+    assert await attendance_fault(store, now) == ChainFault(3, log[3], EDITED)
 
 
 # -- checkpoints ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 from live_record_support import seed
 from sqlalchemy import select
 
+from attendance.audit import verify_chains
 from attendance.evaluation import finalize_session
 from attendance.journal import NewAttendanceEvent, append_attendance_events
 from attendance.models import AdminEvent, AttendanceEvent, Recording, SessionResult
@@ -169,6 +170,9 @@ async def test_raw_evidence_is_pruned_and_summaries_stay(
             },
         ),
     ]
+    # The chain still verifies end to end: pruned rows are followed by their logged links.
+    report = await verify_chains(store, now=later)
+    assert report.ok and report.chains["attendance"].pruned_followed == 41
     # A second run finds nothing more to do; the other (never ended) session is untouched.
     async with store.write() as db:
         again = await apply_retention(
