@@ -1,8 +1,8 @@
 """Retention: raw evidence and recordings are kept for a configured time, summaries for ever.
 
-Raw heartbeats and media-delivery spans of sessions that ended more than ``raw_events_days``
-ago are *pruned*: the row's content is emptied and ``pruned_at`` set, while the row and its
-hashes stay, so the audit chain still links from end to end (``studycast audit verify`` follows
+Raw heartbeats and members' media-delivery spans of sessions that ended more than
+``raw_events_days`` ago are *pruned*: the row's content is emptied and ``pruned_at`` set,
+while the row and its hashes stay, so the audit chain still links from end to end (``studycast audit verify`` follows
 pruned rows by their stored hash). The evaluated results (``session_results``), check-ins,
 answers, notes, points and the audit trails are never pruned. Recordings older than
 ``recordings_days`` lose their file; their catalogue row is marked deleted with the reason.
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from attendance.journal import record_admin_event
@@ -67,8 +67,13 @@ async def apply_retention(
         for session_id in sessions:
             where = (
                 AttendanceEvent.session_id == session_id,
-                AttendanceEvent.kind.in_(RAW_KINDS),
                 AttendanceEvent.pruned_at.is_(None),
+                # Members' heartbeats and media; venue screens' media spans stay, few as they
+                # are, because the venue report's screen uptime is computed from them.
+                or_(
+                    AttendanceEvent.kind == "heartbeat",
+                    (AttendanceEvent.kind == "media") & AttendanceEvent.member_id.is_not(None),
+                ),
             )
             count = int(
                 await db.scalar(select(func.count()).select_from(AttendanceEvent).where(*where))
