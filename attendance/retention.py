@@ -1,10 +1,10 @@
 """Retention: raw evidence and recordings are kept for a configured time, summaries for ever.
 
 Raw heartbeats and members' media-delivery spans of sessions that ended more than
-``raw_events_days`` ago are *pruned*: the row's content is emptied and ``pruned_at`` set,
-while the row and its hashes stay, so the audit chain still links from end to end (``studycast audit verify`` follows
-pruned rows by their stored hash). The evaluated results (``session_results``), check-ins,
-answers, notes, points and the audit trails are never pruned. Recordings older than
+``raw_events_days`` ago are *pruned*: the row's content is emptied and ``pruned_at`` set, while
+the row and its hashes stay, so the audit chain still links from end to end (``studycast audit
+verify`` follows pruned rows by their stored hash). The evaluated results (``session_results``),
+check-ins, answers, notes, points and the audit trails are never pruned. Recordings older than
 ``recordings_days`` lose their file; their catalogue row is marked deleted with the reason.
 Every run that deletes something records what it deleted in the admin trail.
 """
