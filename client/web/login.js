@@ -1,4 +1,5 @@
 // The sign-in page: password login for organisers, venue operators and auditors.
+import { api } from './api.js';
 import { hasString, initI18n, onLanguageChange, t } from './i18n.js';
 
 initI18n({
@@ -44,49 +45,6 @@ initI18n({
     'error.store_error': '服务器暂时无法访问数据库，请稍后重试。',
   },
 });
-
-/** A failed API call: the server's {error, detail}, or a network failure. */
-class ApiError extends Error {
-  constructor(code, detail, status = 0, retryAfter = null) {
-    super(detail);
-    this.code = code;
-    this.detail = detail;
-    this.status = status;
-    this.retryAfter = retryAfter;
-  }
-}
-
-async function api(path, { method = 'GET', body, csrf } = {}) {
-  const headers = { Accept: 'application/json' };
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
-  if (csrf) headers['X-CSRF-Token'] = csrf;
-  let response;
-  try {
-    response = await fetch(path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: 'same-origin',
-    });
-  } catch {
-    throw new ApiError('network', '');
-  }
-  let data = null;
-  try {
-    data = await response.json();
-  } catch {
-    // not JSON (a proxy's error page): reported below by status
-  }
-  if (!response.ok) {
-    throw new ApiError(
-      data?.error || 'http_' + response.status,
-      data?.detail || response.statusText,
-      response.status,
-      response.headers.get('Retry-After'),
-    );
-  }
-  return data;
-}
 
 const els = {
   loginCard: document.getElementById('login-card'),
