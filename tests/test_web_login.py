@@ -113,6 +113,8 @@ def test_sign_in_and_out(base_url: str, open_page: Any) -> None:
     status = page.locator("#logged-in-as")
     expect(status).to_have_text("Logged in as olga (organiser)")
     expect(page.locator("#login-card")).to_be_hidden()
+    expect(page.locator("#continue")).to_have_text("Open the organiser console")
+    expect(page.locator("#continue")).to_have_attribute("href", "console.html")
     page.screenshot(path=str(SCREENSHOT), full_page=True)
 
     page.get_by_role("button", name="中文").click()
@@ -134,3 +136,19 @@ def test_fits_a_phone(base_url: str, open_page: Any) -> None:
             "document.documentElement.scrollWidth - document.documentElement.clientWidth"
         )
         assert overflow <= 0, f"{path} scrolls sideways on a phone by {overflow}px"
+
+
+def test_next_page_after_sign_in(base_url: str, open_page: Any) -> None:
+    """A page that needs a login sends people to login.html?next=PAGE and gets them back;
+    a next that is not a page of this site is ignored."""
+    page = open_page("en-US", f"{base_url}/login.html?next=index.html")
+    page.get_by_label("Username").fill("olga")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(f"{base_url}/index.html")
+    # Already logged in: straight on.
+    page.goto(f"{base_url}/login.html?next=index.html")
+    page.wait_for_url(f"{base_url}/index.html")
+    page.goto(f"{base_url}/login.html?next=https://example.com/x.html")
+    expect(page.locator("#logged-in-as")).to_have_text("Logged in as olga (organiser)")
+    assert page.url == f"{base_url}/login.html?next=https://example.com/x.html"

@@ -15,7 +15,8 @@ initI18n({
       'Members do not need a password: they join with their personal link or QR code.',
     'login.welcome': 'Welcome',
     'login.loggedInAs': 'Logged in as {name} ({role})',
-    'login.next': 'The organiser console arrives in a later version.',
+    'login.console': 'Open the organiser console',
+    'login.audit': 'Open the audit views',
     'login.logout': 'Log out',
     'login.loggedOut': 'You have logged out.',
     'error.missing': 'Enter your username and password.',
@@ -35,7 +36,8 @@ initI18n({
     'login.members': '成员无需密码：使用个人链接或二维码加入即可。',
     'login.welcome': '欢迎',
     'login.loggedInAs': '已登录：{name}（{role}）',
-    'login.next': '组织者控制台将在后续版本中提供。',
+    'login.console': '打开组织者控制台',
+    'login.audit': '打开审计视图',
     'login.logout': '退出登录',
     'login.loggedOut': '您已退出登录。',
     'error.missing': '请输入用户名和密码。',
@@ -56,8 +58,18 @@ const els = {
   error: document.getElementById('login-error'),
   loggedInAs: document.getElementById('logged-in-as'),
   logout: document.getElementById('logout'),
+  continue: document.getElementById('continue'),
   notice: document.getElementById('notice'),
 };
+
+// Where each role goes after signing in; ?next=PAGE.html (a page of this site) wins.
+const HOME_BY_ROLE = { organiser: 'console.html', auditor: 'audit.html' };
+const TEXT_BY_PAGE = { 'console.html': 'login.console', 'audit.html': 'login.audit' };
+
+function requestedPage() {
+  const next = new URLSearchParams(window.location.search).get('next');
+  return next && /^[a-z][a-z-]*\.html$/.test(next) ? next : null;
+}
 
 // What the page shows; render() turns it into the DOM (again on a language switch).
 const state = { me: null, error: null, busy: false, notice: null };
@@ -75,6 +87,12 @@ function render() {
   if (loggedIn) {
     const { username, role } = state.me.user;
     els.loggedInAs.textContent = t('login.loggedInAs', { name: username, role: t('role.' + role) });
+    const home = HOME_BY_ROLE[role];
+    els.continue.hidden = !home;
+    if (home) {
+      els.continue.href = home;
+      els.continue.textContent = t(TEXT_BY_PAGE[home]);
+    }
   }
   els.error.hidden = state.error === null;
   els.error.textContent = state.error ? errorText(state.error) : '';
@@ -109,7 +127,13 @@ async function signIn(event) {
     state.busy = false;
     render();
   }
-  if (state.me) els.logout.focus();
+  if (state.me) {
+    if (requestedPage()) {
+      window.location.assign(requestedPage());
+      return;
+    }
+    els.logout.focus();
+  }
 }
 
 async function signOut() {
@@ -132,6 +156,10 @@ async function loadCurrentLogin() {
     state.me = await api('/api/me');
   } catch (error) {
     if (error.status !== 401) state.error = error;
+  }
+  if (state.me && requestedPage()) {
+    window.location.replace(requestedPage());
+    return;
   }
   render();
 }
