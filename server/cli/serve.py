@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
 from aiohttp import web
+from sqlalchemy import select
 
 from attendance.clock import utcnow
 from attendance.demo import LOGINS_FILE, Demo, seed_demo
+from attendance.models import Member
+from attendance.store import Store
 from server.cli.common import configure_logging, load_settings, open_store, run
 from server.settings import Settings
+from server.tokens import TokenRole, issue
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +74,8 @@ async def _serve(settings: Settings, demo: bool) -> None:
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
             ) from exc
         port = _bound_port(runner, settings.port)
-        _announce(settings.base_url(port), seeded, settings.data_dir / LOGINS_FILE)
+        pages = await _demo_pages(store, settings, seeded, settings.base_url(port))
+        _announce(settings.base_url(port), seeded, settings.data_dir / LOGINS_FILE, pages)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -88,7 +94,37 @@ def _bound_port(runner: web.AppRunner, fallback: int) -> int:
     return fallback
 
 
-def _announce(base: str, demo: Demo | None, logins_file: Path) -> None:
+async def _demo_pages(
+    store: Store, settings: Settings, demo: Demo | None, base: str
+) -> list[tuple[str, str]]:
+    """Links to try the demo session as a venue screen and as a member (personal links)."""
+    if demo is None or demo.session_id is None:
+        return []
+    async with store.read() as db:
+        member = await db.scalar(select(Member.member_no).order_by(Member.member_no).limit(1))
+    secret, now, sid = settings.resolved_secret_key(), utcnow(), demo.session_id
+    pages = []
+    if demo.venues:
+        token = issue(
+            secret, session_id=sid, role=TokenRole.VENUE, subject=f"venue:{demo.venues[0]}", now=now
+        )
+        pages.append((f"venue screen ({demo.venues[0]})", f"{base}/venue.html#s={sid}&t={token}"))
+    if member is not None:
+        token = issue(
+            secret,
+            session_id=sid,
+            role=TokenRole.MEMBER,
+            subject=f"member:{member}",
+            now=now,
+            version=1,
+        )
+        pages.append((f"member {member}", f"{base}/member.html#s={sid}&t={token}"))
+    return pages
+
+
+def _announce(
+    base: str, demo: Demo | None, logins_file: Path, pages: Sequence[tuple[str, str]] = ()
+) -> None:
     lines = [
         f"studycast is running at {base}/",
         f"  organiser and auditor login:  {base}/login.html",
@@ -104,6 +140,8 @@ def _announce(base: str, demo: Demo | None, logins_file: Path) -> None:
                 f"  its WHIP/WHEP links (OBS):    studycast --data-dir {logins_file.parent} "
                 f"session links {demo.session_id}"
             )
+        for name, url in pages:
+            lines.append(f"  open as {name}: {url}")
         if demo.logins:
             lines.append(f"  demo logins (also in {logins_file}):")
             lines.extend(
