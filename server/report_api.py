@@ -36,6 +36,7 @@ from attendance.reports import (
     unit_rollup,
     venue_rollup,
 )
+from attendance.timeline import session_timeline
 from server.api import _id_param
 from server.auth import CLOCK, STORE, current_user, require_role
 
@@ -146,3 +147,14 @@ async def member_history_show(request: web.Request) -> web.StreamResponse:
     if fmt is None:
         return web.json_response(history.as_json())
     return await _download(request, history_table(history), fmt, f"member:{number}")
+
+
+@routes.get("/api/sessions/{id}/timeline")
+@require_role(Role.ORGANISER, Role.AUDITOR)
+async def session_timeline_show(request: web.Request) -> web.Response:
+    """Members watching, screens connected and check-ins over time (at most 300 buckets),
+    with broadcast, quiz and presence-check markers."""
+    session_id = _id_param(request, "study session")
+    async with request.config_dict[STORE].read() as db:
+        timeline = await session_timeline(db, session_id, now=request.config_dict[CLOCK]())
+    return web.json_response(timeline.as_json())
