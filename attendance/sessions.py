@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
 from attendance.clock import as_utc
-from attendance.errors import Conflict, NotFound, invalid_input
+from attendance.errors import Conflict, InvalidInput, NotFound, invalid_input
 from attendance.journal import NewAttendanceEvent, append_attendance_events, record_admin_event
 from attendance.models import SessionState, StudySession, Venue, VideoCodec
 from attendance.units import get_unit
@@ -116,6 +116,124 @@ async def create_session(
         detail={"title": draft.title, "venues": draft.venues, "units": draft.expected_units},
     )
     return session
+
+
+EDITABLE_FIELDS = tuple(SessionDraft.model_fields)
+
+
+def _as_draft_data(session: StudySession) -> dict[str, Any]:
+    """A stored session in the shape of a ``SessionDraft`` (what an edit is merged into)."""
+    return {
+        "title": session.title,
+        "description": session.description,
+        "scheduled_start": as_utc(session.scheduled_start),
+        "scheduled_end": as_utc(session.scheduled_end),
+        "video_codec": session.video_codec,
+        "recording_enabled": session.recording_enabled,
+        "venues": sorted(v.slug for v in session.venues),
+        "expected_units": sorted(u.path for u in session.expected_units),
+        "attendance_rule": dict(session.attendance_rule or {}),
+    }
+
+
+def _comparable(draft: SessionDraft) -> dict[str, Any]:
+    """The draft as JSON-ready values, lists sorted: equal values mean no change."""
+    return {
+        "title": draft.title,
+        "description": draft.description,
+        "scheduled_start": as_utc(draft.scheduled_start).isoformat(),
+        "scheduled_end": as_utc(draft.scheduled_end).isoformat(),
+        "video_codec": draft.video_codec.value,
+        "recording_enabled": draft.recording_enabled,
+        "venues": sorted(draft.venues),
+        "expected_units": sorted(draft.expected_units),
+        "attendance_rule": draft.attendance_rule.model_dump(),
+    }
+
+
+def merge_edit(session: StudySession, data: Any) -> SessionDraft:
+    """The session with a partial edit applied, validated like a new draft.
+
+    Only the given fields change; ``attendance_rule`` may itself be partial (the named limits
+    change, the others stay)."""
+    if not isinstance(data, dict):
+        raise InvalidInput("the edit must be a JSON object")
+    unknown = sorted(str(k) for k in data if k not in EDITABLE_FIELDS)
+    if unknown:
+        raise InvalidInput("; ".join(f"{k}: Extra inputs are not permitted" for k in unknown))
+    merged = _as_draft_data(session)
+    for key, value in data.items():
+        if key == "attendance_rule" and isinstance(value, dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return parse_draft(merged)
+
+
+async def update_session(
+    db: AsyncSession, session_id: int, data: Any, *, now: datetime, actor: str
+) -> dict[str, dict[str, Any]]:
+    """Edit a session that has not ended; returns the changes as ``{field: {before, after}}``.
+
+    The video codec is fixed once a broadcast has happened (viewers already decode it). Every
+    change is written to the admin trail with its value before and after."""
+    session = await get_session(db, session_id)
+    if session.state == SessionState.ENDED:
+        raise Conflict(
+            f"study session {session_id} has ended; it can no longer be edited",
+            code="session_ended",
+        )
+    before = _stored_values(session)
+    draft = merge_edit(session, data)
+    after = _comparable(draft)
+    changes = {
+        key: {"before": before[key], "after": after[key]}
+        for key in EDITABLE_FIELDS
+        if before[key] != after[key]
+    }
+    if not changes:
+        return changes
+    if "video_codec" in changes and (
+        session.started_at is not None or session.state != SessionState.SCHEDULED
+    ):
+        raise Conflict(
+            f"study session {session_id} has been broadcast in {before['video_codec']}; "
+            "its video codec can no longer change",
+            code="codec_fixed",
+        )
+    if "venues" in changes:
+        session.venues = [await get_venue(db, slug) for slug in draft.venues]
+    if "expected_units" in changes:
+        session.expected_units = [await get_unit(db, path) for path in draft.expected_units]
+    session.title = draft.title
+    session.description = draft.description
+    session.scheduled_start = as_utc(draft.scheduled_start)
+    session.scheduled_end = as_utc(draft.scheduled_end)
+    session.video_codec = draft.video_codec
+    session.recording_enabled = draft.recording_enabled
+    session.attendance_rule = draft.attendance_rule.model_dump()
+    await db.flush()
+    await record_admin_event(
+        db,
+        now=now,
+        actor=actor,
+        action="session_updated",
+        target=f"session:{session_id}",
+        detail={"changes": changes},
+    )
+    return changes
+
+
+def _stored_values(session: StudySession) -> dict[str, Any]:
+    """The session's editable values as ``_comparable`` shapes them."""
+    data = _as_draft_data(session)
+    return {
+        **data,
+        "scheduled_start": data["scheduled_start"].isoformat(),
+        "scheduled_end": data["scheduled_end"].isoformat(),
+        "video_codec": session.video_codec.value,
+        "attendance_rule": {**AttendanceRule().model_dump(), **data["attendance_rule"]},
+    }
 
 
 async def end_session(

@@ -23,6 +23,7 @@ from attendance.sessions import (
     get_session,
     list_sessions,
     parse_draft,
+    update_session,
 )
 from attendance.units import list_units
 from attendance.venues import add_venue, list_venues
@@ -144,6 +145,23 @@ async def sessions_show(request: web.Request) -> web.Response:
     async with request.config_dict[STORE].read() as db:
         body = describe(await get_session(db, session_id))
     return web.json_response(body)
+
+
+@routes.patch("/api/sessions/{id}")
+@require_role(Role.ORGANISER)
+async def sessions_update(request: web.Request) -> web.Response:
+    """Edit a session not yet ended: any ``SessionDraft`` fields, the others stay as they are."""
+    user = await current_user(request)
+    session_id = _id_param(request, "study session")
+    data = await read_json_object(request)
+    store = request.config_dict[STORE]
+    async with store.write() as db:
+        changes = await update_session(
+            db, session_id, data, now=request.config_dict[CLOCK](), actor=user.actor
+        )
+    async with store.read() as db:
+        body = describe(await get_session(db, session_id))
+    return web.json_response({**body, "changed": sorted(changes)})
 
 
 @routes.get("/api/sessions/{id}/stats")
