@@ -17,9 +17,10 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from attendance.clock import as_utc
-from attendance.models import PresenceCheck, QuizQuestion, SessionState, StudySession
+from attendance.models import PresenceCheck, QuizQuestion, SessionState
 from attendance.presence_checks import current_check, describe_check
 from attendance.questions import describe_question, list_questions, question_state
+from attendance.sessions import get_session
 from server.live import LiveHub
 
 LIVE = web.AppKey("studycast.live", LiveHub)
@@ -96,8 +97,7 @@ async def snapshot(
     db: AsyncSession, session_id: int, audience: str, *, now: datetime
 ) -> dict[str, Any]:
     """Everything a page needs to draw the session's live state from scratch."""
-    session = await db.get(StudySession, session_id)
-    assert session is not None
+    session = await get_session(db, session_id)
     questions = await list_questions(db, session_id)
     current = next(
         (q for q in reversed(questions) if q.opened_at is not None and q.revealed_at is None),
@@ -112,6 +112,7 @@ async def snapshot(
             "scheduled_start": as_utc(session.scheduled_start).isoformat(),
             "scheduled_end": as_utc(session.scheduled_end).isoformat(),
             "ended": session.state == SessionState.ENDED,
+            "venues": [{"slug": v.slug, "name": v.name} for v in session.venues],
         },
         "question": None
         if current is None
