@@ -305,3 +305,48 @@ async def attendance_correct(request: web.Request) -> web.Response:
             event_id=uuid.uuid4(),
         )
     return web.json_response(answer, status=201)
+
+
+@routes.get("/api/sessions/{id}/link-qr.svg")
+@token_or_login
+async def link_qr(request: web.Request) -> web.Response:
+    """A personal link (``?member=NO``) or venue screen link (``?venue=SLUG``) as a QR code to
+    print or show; organisers only."""
+    session_id, _ = await caller_for(request, frozenset({ORGANISER}))
+    member, venue = request.query.get("member"), request.query.get("venue")
+    if (member is None) == (venue is None):
+        raise InvalidInput("give member=NUMBER or venue=SLUG")
+    settings = request.config_dict[SETTINGS]
+    now = request.config_dict[CLOCK]()
+    base = _public_base(request).rstrip("/")
+    async with request.config_dict[STORE].read() as db:
+        session = await get_session(db, session_id)
+        if member is not None:
+            row = await db.scalar(select(Member).where(Member.member_no == member))
+            if row is None or not row.active:
+                raise NotFound(f"no active member {member[:40]!r}")
+            token = issue(
+                settings.resolved_secret_key(),
+                session_id=session_id,
+                role=TokenRole.MEMBER,
+                subject=f"member:{member}",
+                now=now,
+                version=row.link_version,
+            )
+            url = f"{base}/member.html#s={session_id}&t={token}"
+        else:
+            if venue not in {v.slug for v in session.venues}:
+                raise NotFound(f"venue {str(venue)[:40]!r} is not a venue of this session")
+            token = issue(
+                settings.resolved_secret_key(),
+                session_id=session_id,
+                role=TokenRole.VENUE,
+                subject=f"venue:{venue}",
+                now=now,
+            )
+            url = f"{base}/venue.html#s={session_id}&t={token}"
+    svg = io.BytesIO()
+    segno.make(url, error="m").save(svg, kind="svg", scale=6, border=4)
+    return web.Response(
+        body=svg.getvalue(), content_type="image/svg+xml", headers={"Cache-Control": "no-store"}
+    )

@@ -743,3 +743,24 @@ async def test_stored_events_form_one_hash_chain(world: World) -> None:
     async with w.store.read() as db:
         rows = list(await db.scalars(select(AttendanceEvent).order_by(AttendanceEvent.id)))
     assert [r.prev_hash for r in rows[1:]] == [r.hash for r in rows[:-1]]
+
+
+async def test_personal_and_venue_links_as_qr_codes(world: World) -> None:
+    w = world
+    url = f"{w.base}/link-qr.svg"
+    for query in ("member=M1", "venue=bj-a"):
+        r = await w.client.get(f"{url}?{query}", headers=w.organiser)
+        assert (r.status, r.content_type) == (200, "image/svg+xml"), await r.text()
+        assert "<svg" in await r.text()
+    for query, status in [
+        ("", 400),
+        ("member=M1&venue=bj-a", 400),
+        ("member=nobody", 404),
+        ("venue=elsewhere", 404),
+    ]:
+        r = await w.client.get(f"{url}?{query}", headers=w.organiser)
+        assert r.status == status, (query, await r.text())
+    r = await w.client.get(f"{url}?member=M1", headers=w.auditor)
+    assert r.status == 403
+    r = await w.client.get(f"{url}?member=M1", headers=w.member("M1"))
+    assert r.status == 403

@@ -115,6 +115,7 @@ initI18n({
     'console.copyFailed': 'Could not copy: select the text and copy it by hand.',
     'console.venueLinks': 'Venue screens',
     'console.memberLinks': "Members' personal join links",
+    'console.qr': 'QR code',
     'console.state.scheduled': 'scheduled',
     'console.state.live': 'live',
     'console.state.paused': 'paused',
@@ -238,6 +239,7 @@ initI18n({
     'console.copyFailed': '无法复制：请选中文字后手动复制。',
     'console.venueLinks': '会场屏幕',
     'console.memberLinks': '成员个人加入链接',
+    'console.qr': '二维码',
     'console.state.scheduled': '未开始',
     'console.state.live': '直播中',
     'console.state.paused': '已暂停',
@@ -591,17 +593,23 @@ function renderSessionHeader() {
 function renderLinks() {
   $('whip-url').value = state.links.whip_url;
   $('whip-token').value = state.links.whip_token;
-  const row = (label, url) =>
+  const qrBase = `/api/sessions/${state.session.id}/link-qr.svg?`;
+  const row = (label, url, qr) =>
     el(
       'li',
       {},
       el('span', { text: label }),
       el('input', { readonly: 'readonly', value: url, 'aria-label': label }),
       el('button', { type: 'button', class: 'button', text: t('console.copy'), onclick: () => copyText(url) }),
+      el('a', { class: 'button', href: qrBase + qr, target: '_blank', rel: 'noopener', text: t('console.qr') }),
     );
-  $('venue-links').replaceChildren(...state.memberLinks.venues.map((v) => row(v.name, v.url)));
+  $('venue-links').replaceChildren(
+    ...state.memberLinks.venues.map((v) => row(v.name, v.url, 'venue=' + encodeURIComponent(v.slug))),
+  );
   $('member-links').replaceChildren(
-    ...state.memberLinks.members.map((m) => row(`${m.member_no} ${m.name} · ${m.unit}`, m.url)),
+    ...state.memberLinks.members.map((m) =>
+      row(`${m.member_no} ${m.name} · ${m.unit}`, m.url, 'member=' + encodeURIComponent(m.member_no)),
+    ),
   );
 }
 
