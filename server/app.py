@@ -18,6 +18,7 @@ import client
 from attendance.clock import Clock, utcnow
 from attendance.errors import StoreError
 from attendance.store import Store
+from recordings import Recordings, recover
 from server import (
     api,
     audit_api,
@@ -42,7 +43,7 @@ from server.record_tasks import DIRTY_QUESTIONS, EvidenceSampler, run_retention,
 from server.relay.ice import advertise_addresses
 from server.relay.relay import Relay
 from server.settings import Settings
-from server.whip import RELAY
+from server.whip import RECORDINGS, RELAY
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
         publish_session_state(live, session_id, state)
 
     app[RELAY] = Relay(max_viewers=settings.max_viewers, on_state=on_state)
+    app[RECORDINGS] = Recordings(store, settings.data_dir, clock)
     app[METRICS].registry.register(RelayCollector(app[RELAY].totals))
     app.cleanup_ctx.append(_store_lifetime)
     app.cleanup_ctx.append(_relay_lifetime)
@@ -135,6 +137,9 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
     """The media relay and its state recorder live as long as the app; peers close first."""
     app[STATE_RECORDER].start()
     app[INGEST_QUEUE].start()
+    # Segments a crash left open are completed before any new recording starts.
+    await recover(app[STORE], app[SETTINGS].data_dir, now=app[CLOCK]())
+    app[RECORDINGS].start()
     settings, store, relay, clock = app[SETTINGS], app[STORE], app[RELAY], app[CLOCK]
     tasks = [
         asyncio.create_task(follow_ended_sessions(store, relay)),
@@ -163,6 +168,7 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
     await app[INGEST_QUEUE].close()
     await app[LIVE].close()
     await app[RELAY].close()
+    await app[RECORDINGS].close()  # the relay told the recorders; wait for files and rows
     await app[STATE_RECORDER].close()
     log.info("relay closed")
 

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from attendance.errors import Conflict, NotFound
 from attendance.models import SessionState, StudySession
+from recordings import Recordings
 from server.auth import CLOCK, SETTINGS, STORE, public
 from server.http_errors import BodyTooLarge, Overloaded, UnsupportedMediaType
 from server.relay.codecs import MAX_SDP_BYTES
@@ -27,6 +28,7 @@ from server.tokens import VIEWER_ROLES, TokenClaims, TokenRole, bearer, verify
 log = logging.getLogger(__name__)
 
 RELAY = web.AppKey("studycast.relay", Relay)
+RECORDINGS = web.AppKey("studycast.recordings", Recordings)
 SDP = "application/sdp"
 RETRY_AFTER_FULL_S = 30
 CORS_HEADERS = {
@@ -113,6 +115,8 @@ async def whip_publish(request: web.Request) -> web.Response:
     session_id = _session_id(request)
     _claims(request, session_id, frozenset({TokenRole.BROADCASTER}))
     hub = await _session_hub(request, session_id)
+    # Every broadcaster connection is recorded while the session's recording switch is on.
+    await request.config_dict[RECORDINGS].attach(hub)
     try:
         offer = await _read_offer(request)
         resource, answer = await hub.add_broadcaster(offer)

@@ -8,7 +8,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from attendance.errors import Conflict
 from server.relay.feedback import KeyframeRequests
@@ -25,6 +25,19 @@ KEYFRAME_RETRY_S = 1.0
 WATCH_INTERVAL_S = 0.5
 
 StateListener = Callable[[int, str], None]
+
+
+class MediaTap(Protocol):
+    """Something that sees the broadcaster's media beside the viewers (the recorder). Every call
+    is made on the event loop and must return at once; exceptions are logged, never raised."""
+
+    def media(self, packet: SourcePacket) -> None: ...
+
+    def broadcaster_gone(self, epoch: int) -> None:
+        """The broadcaster connection ``epoch`` (``SourcePacket.epoch >> 32``) has ended."""
+
+    def relay_closed(self) -> None:
+        """The hub is closing (the session ended or the server stops): no more media."""
 
 
 class SessionRelay:
@@ -57,6 +70,7 @@ class SessionRelay:
         self.viewers_served = 0
         # Counters of viewers that have left, so totals only ever grow.
         self.left = {"nacks": 0, "retransmitted": 0, "plis": 0}
+        self.taps: list[MediaTap] = []
 
     # -- broadcaster --------------------------------------------------------------------------
 
@@ -99,6 +113,7 @@ class SessionRelay:
         return True
 
     def _broadcaster_gone(self, ingest: Ingest) -> None:
+        self._tell_taps("broadcaster_gone", ingest.epoch)
         if ingest is self.ingest:
             self.ingest = None
             if self.state == "live":
@@ -162,7 +177,17 @@ class SessionRelay:
 
     # -- media --------------------------------------------------------------------------------
 
+    def _tell_taps(self, what: str, *args: Any) -> None:
+        for tap in self.taps:
+            try:
+                getattr(tap, what)(*args)
+            except Exception:
+                # A failing tap (the recorder) must never cost the viewers their broadcast.
+                log.exception("session %s: tap %r failed on %s", self.session_id, tap, what)
+
     async def _forward(self, packet: SourcePacket) -> None:
+        if self.taps:
+            self._tell_taps("media", packet)
         kind = packet.kind
         sent = 0
         now = packet.arrived_at
@@ -256,6 +281,8 @@ class SessionRelay:
         await self.close()
 
     async def close(self) -> None:
+        if self.taps:
+            self._tell_taps("relay_closed")
         if self._keyframe_timer is not None:
             self._keyframe_timer.cancel()
         if self._watch is not None:
