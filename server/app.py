@@ -27,6 +27,7 @@ from server import (
     presence_api,
     quiz_api,
     record_api,
+    recordings_api,
     report_api,
     whip,
 )
@@ -120,6 +121,7 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
     app.add_routes(points_api.routes)
     app.add_routes(report_api.routes)
     app.add_routes(audit_api.routes)
+    app.add_routes(recordings_api.routes)
     whip.add_routes(app)
     # Last, so that every route above wins over a file of the same name.
     app.router.add_get(r"/{path:[A-Za-z0-9_][A-Za-z0-9_./-]*\.[A-Za-z0-9]+}", web_file)
