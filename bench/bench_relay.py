@@ -348,6 +348,8 @@ class Relay:
 
 class StudycastRelay(Relay):
     kind = "studycast"
+    # Extra options of ``studycast session create`` (the recording switch).
+    session_options: tuple[str, ...] = ()
 
     async def start(self, http: aiohttp.ClientSession) -> None:
         data_dir = self.workdir / "data"
@@ -373,6 +375,7 @@ class StudycastRelay(Relay):
                 "--json",
                 "--video-codec",
                 CODEC,
+                *self.session_options,
             ],
             env=env,
             cwd=self.workdir,
@@ -409,6 +412,13 @@ class StudycastRelay(Relay):
             "plis_upstream": "studycast_relay_plis_upstream_total",
         }
         return {k: m.get(v, 0.0) for k, v in names.items()}
+
+
+class UnrecordedRelay(StudycastRelay):
+    """The studycast relay with the session's recording switched off (to price the recorder)."""
+
+    kind = "studycast-norec"
+    session_options = ("--no-recording",)
 
 
 class StockRelay(Relay):
@@ -728,7 +738,13 @@ async def measure(
     rundir = workdir / tag
     rundir.mkdir()
     lifetime = 240 + viewers / RAMP_PER_SECOND + args.seconds
-    relay: Relay = StudycastRelay(rundir) if kind == "studycast" else StockRelay(rundir, lifetime)
+    relay: Relay
+    if kind == "studycast":
+        relay = StudycastRelay(rundir)
+    elif kind == "studycast-norec":
+        relay = UnrecordedRelay(rundir)
+    else:
+        relay = StockRelay(rundir, lifetime)
     result: dict[str, Any] = {"relay": kind, "viewers": viewers, "window_s": args.seconds}
     publisher: Publisher | None = None
     load: LoadProcesses | None = None
@@ -1128,6 +1144,17 @@ def verdict(results: list[dict[str, Any]]) -> Iterator[str]:
         b = stock[n]["derived"].get("cpu_ms_per_viewer_s")
         if a and b:
             yield f"N={n}: stock/studycast CPU per viewer-second = {b:g}/{a:g} = {b / a:.1f}x"
+    norec = {
+        r["viewers"]: r for r in results if r["relay"] == "studycast-norec" and "derived" in r
+    }
+    for n in sorted(set(ours) & set(norec)):
+        on = ours[n]["derived"].get("cpu_ms_per_viewer_s")
+        off = norec[n]["derived"].get("cpu_ms_per_viewer_s")
+        if on and off:
+            yield (
+                f"N={n}: relay CPU per viewer-second with recording {on:g} ms, without {off:g} "
+                f"ms: recording adds {(on / off - 1) * 100:+.1f}% (target <= +10%)"
+            )
     r = ours.get(TARGET_N)
     if r is None:
         yield f"targets: no studycast run at N={TARGET_N}"
@@ -1208,6 +1235,7 @@ async def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         f"Opus; keyframes {min(key_bytes)}-{max(key_bytes)} bytes"
     )
     plan = [("studycast", n) for n in args.viewers] + [("stock", n) for n in args.stock_viewers]
+    plan += [("studycast-norec", n) for n in args.norec_viewers]
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="studycast-bench-relay-") as tmp:
         workdir = Path(args.keep_logs) if args.keep_logs else Path(tmp)
@@ -1237,6 +1265,13 @@ def main() -> None:
         type=counts,
         default=counts("10"),
         help="viewer counts for aiortc's MediaRelay (10; '' for none)",
+    )
+    parser.add_argument(
+        "--norec-viewers",
+        type=counts,
+        default=counts(""),
+        help="viewer counts for the studycast relay with recording off ('' for none; e.g. 50 "
+        "beside --viewers 50 prices the recorder)",
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="measurement window (20)")
     parser.add_argument("--procs", type=int, default=3, help="viewer processes (3)")

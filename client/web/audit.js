@@ -44,6 +44,7 @@ initI18n({
     'session.final': 'final figures',
     'session.running': 'live figures at {at}',
     'session.missing': 'Session {id} was not found.',
+    'session.recordings': 'Recordings',
     'report.heading': 'Members',
     'report.exportCsv': 'Download CSV',
     'report.exportXlsx': 'Download XLSX',
@@ -147,6 +148,7 @@ initI18n({
     'session.final': '最终结果',
     'session.running': '截至 {at} 的实时数据',
     'session.missing': '未找到学习会 {id}。',
+    'session.recordings': '录像',
     'report.heading': '成员',
     'report.exportCsv': '下载 CSV',
     'report.exportXlsx': '下载 XLSX',
@@ -621,10 +623,28 @@ function renderHistory() {
   }
 }
 
+// The session's recordings open in the player page; the link sits under the session's title.
+function renderRecordingsLink() {
+  let link = $('session-recordings');
+  if (!link) {
+    link = document.createElement('a');
+    link.id = 'session-recordings';
+    link.className = 'button';
+    const holder = document.createElement('p');
+    holder.className = 'audit-actions';
+    holder.append(link);
+    $('session-meta').after(holder);
+  }
+  link.hidden = state.missing;
+  link.href = `recording.html?session=${state.sessionId}`;
+  link.textContent = t('session.recordings');
+}
+
 function renderSession() {
   const view = $('session-view');
   view.hidden = state.sessionId === null;
   if (state.sessionId === null) return;
+  renderRecordingsLink();
   const missing = $('session-missing');
   missing.hidden = !state.missing;
   missing.textContent = state.missing ? t('session.missing', { id: state.sessionId }) : '';

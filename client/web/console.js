@@ -15,6 +15,7 @@ initI18n({
     'console.editHeading': 'Edit the session',
     'console.noSessions': 'No sessions yet.',
     'console.open': 'Open',
+    'console.recordings': 'Recordings',
     'console.col.title': 'Title',
     'console.col.start': 'Starts',
     'console.col.state': 'State',
@@ -139,6 +140,7 @@ initI18n({
     'console.editHeading': '编辑场次',
     'console.noSessions': '还没有场次。',
     'console.open': '打开',
+    'console.recordings': '录像',
     'console.col.title': '标题',
     'console.col.start': '开始时间',
     'console.col.state': '状态',
@@ -588,6 +590,18 @@ function renderSessionHeader() {
     $(id).disabled = ended;
   }
   $('end-confirm').hidden = true;
+  renderRecordingsLink();
+}
+
+// The session's recordings open in the player page, from a button beside Edit.
+function renderRecordingsLink() {
+  let link = $('s-recordings');
+  if (!link) {
+    link = el('a', { id: 's-recordings', class: 'button' });
+    $('edit-session').before(link);
+  }
+  link.href = `recording.html?session=${state.session.id}`;
+  link.textContent = t('console.recordings');
 }
 
 function renderLinks() {
