@@ -68,7 +68,8 @@ const TEXT_BY_PAGE = { 'console.html': 'login.console', 'audit.html': 'login.aud
 
 function requestedPage() {
   const next = new URLSearchParams(window.location.search).get('next');
-  return next && /^[a-z][a-z-]*\.html$/.test(next) ? next : null;
+  // A page of this site, with at most a simple query (recording.html?session=3).
+  return next && /^[a-z][a-z-]*\.html(\?[A-Za-z0-9=&_-]{0,100})?$/.test(next) ? next : null;
 }
 
 // What the page shows; render() turns it into the DOM (again on a language switch).

@@ -246,7 +246,7 @@ async function start() {
         } catch {
           // the session will have to be chosen again
         }
-        location.assign('login.html?next=recording.html');
+        location.assign('login.html?next=' + encodeURIComponent(`recording.html?session=${id}`));
         return;
       }
       if (!new URLSearchParams(location.search).get('session')) {
