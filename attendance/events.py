@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     StrictStr,
     TypeAdapter,
@@ -88,11 +89,38 @@ class StudyNoteEvent(_Event):
     text: Annotated[StrictStr, Field(min_length=1, max_length=MAX_NOTE_CHARS)]
 
 
+class MakeupProgress(_Event):
+    """Make-up viewing of the recording: the member's player played ``[from_s, to_s)`` of
+    segment ``segment``'s media at ``rate``, with the page ``visible`` (or not). Whether the
+    span fits the segment, and the rate counts, is judged against the catalogue."""
+
+    type: Literal["makeup_progress"]
+    segment: StrictInt = Field(ge=0)
+    from_s: StrictFloat = Field(ge=0, allow_inf_nan=False)
+    to_s: StrictFloat = Field(ge=0, allow_inf_nan=False)
+    visible: StrictBool
+    rate: StrictFloat = Field(gt=0, le=16, allow_inf_nan=False)
+
+
 ClientEvent = Annotated[
-    Heartbeat | CheckIn | CheckOut | PresenceAnswer | QuizAnswerEvent | StudyNoteEvent,
+    Heartbeat
+    | CheckIn
+    | CheckOut
+    | PresenceAnswer
+    | QuizAnswerEvent
+    | StudyNoteEvent
+    | MakeupProgress,
     Field(discriminator="type"),
 ]
-KINDS = ("heartbeat", "check_in", "check_out", "presence_answer", "quiz_answer", "study_note")
+KINDS = (
+    "heartbeat",
+    "check_in",
+    "check_out",
+    "presence_answer",
+    "quiz_answer",
+    "study_note",
+    "makeup_progress",
+)
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(ClientEvent)
 
 

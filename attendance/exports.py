@@ -60,6 +60,9 @@ MEMBER_COLUMNS = (
     Column("notes", "学习笔记", "Notes", 10),
     Column("qualified", "合格", "Qualified", 8),
     Column("reason", "原因", "Reason", 50),
+    Column("makeup_minutes", "补看(分钟)", "Make-up minutes", 10),
+    Column("makeup_share", "补看占比", "Make-up share", 10),
+    Column("makeup_qualified", "补看合格", "Make-up qualified", 10),
 )
 UNIT_COLUMNS = (
     Column("unit", "单位", "Unit", 30),
@@ -95,6 +98,9 @@ HISTORY_COLUMNS = (
     Column("notes", "学习笔记", "Notes", 10),
     Column("qualified", "合格", "Qualified", 8),
     Column("reason", "原因", "Reason", 50),
+    Column("makeup_minutes", "补看(分钟)", "Make-up minutes", 10),
+    Column("makeup_share", "补看占比", "Make-up share", 10),
+    Column("makeup_qualified", "补看合格", "Make-up qualified", 10),
     Column("points", "积分", "Points", 8),
 )
 

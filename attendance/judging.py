@@ -1,5 +1,5 @@
 """Judging one client event against the session's state: the rules of check-in, check-out,
-presence answers, quiz answers and study notes, applied to the rows they change.
+presence answers, quiz answers, study notes and make-up viewing, applied to the rows they change.
 
 ``attendance.ingest`` loads the state a group of batches needs into a ``Context`` and calls
 ``judge`` for each new event in order; a ``Refused`` judgement is stored with its reason.
@@ -15,7 +15,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from attendance import checkin, presence, quiz
+from attendance import checkin, makeup, presence, quiz
 from attendance.clock import as_utc
 from attendance.errors import Forbidden, InvalidInput, StudycastError
 from attendance.events import (
@@ -23,6 +23,7 @@ from attendance.events import (
     CheckOut,
     ClientEvent,
     Heartbeat,
+    MakeupProgress,
     PresenceAnswer,
     QuizAnswerEvent,
     StudyNoteEvent,
@@ -118,6 +119,8 @@ class Context:
     report: BatchReport = field(default_factory=lambda: BatchReport([]))
     # Derived rows to link to their stored event once ids are known.
     linked: list[tuple[uuid.UUID, Any]] = field(default_factory=list)
+    # The session's recorded segments by index, loaded by the first make-up report.
+    segments: dict[int, makeup.Segment] | None = None
 
 
 def _subject(ctx: Context, event: ClientEvent) -> tuple[int | None, str | None]:
@@ -210,6 +213,8 @@ async def _apply(
         return await _quiz_answer(db, ctx, event, member_id)
     if isinstance(event, StudyNoteEvent):
         return _study_note(db, ctx, event, _need_member(member_id), happened)
+    if isinstance(event, MakeupProgress):
+        return await _makeup_progress(db, ctx, event)
     raise AssertionError(f"unhandled event type {event.type}")
 
 
@@ -420,3 +425,24 @@ def _study_note(
     ctx.linked.append((event.id, note))
     ctx.report.notes_submitted += 1
     return {"ok": True, "status": "submitted", "characters": len(text)}
+
+
+async def _makeup_progress(db: AsyncSession, ctx: Context, event: MakeupProgress) -> dict[str, Any]:
+    """Make-up viewing: a member's own report of the recording they played, once the session
+    has ended. Only accepted reports count (``attendance.makeup``)."""
+    if ctx.sender.kind != "member":
+        raise Forbidden("type: only a member reports make-up viewing, for themselves")
+    if ctx.session.state != SessionState.ENDED:
+        raise Refused(
+            "the session has not ended: make-up viewing opens when it ends", code="not_ended"
+        )
+    if ctx.segments is None:
+        found = await makeup.recorded_segments(db, ctx.session.id)
+        ctx.segments = {s.index: s for s in found}
+    problem = makeup.progress_problem(
+        ctx.segments.get(event.segment), from_s=event.from_s, to_s=event.to_s, rate=event.rate
+    )
+    if problem is not None:
+        code, reason = problem
+        raise Refused(reason, code=code)
+    return {"ok": True, "segment": event.segment, "counted": event.visible}

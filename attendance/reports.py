@@ -2,7 +2,9 @@
 
 An ended, evaluated session is reported from its stored ``SessionResult`` rows (fast, and they
 survive retention pruning of the raw events); a running one is computed live with
-``attendance.evaluation.session_attendance``. The roll-ups are pure functions of report rows and
+``attendance.evaluation.session_attendance``. Make-up viewing of the recording after the end
+(``attendance.makeup``) is reported beside live attendance, never mixed into it: ``mode``,
+``watched_s`` and ``qualified`` stay live-only. The roll-ups are pure functions of report rows and
 spans; only the ``async`` functions here read the store.
 """
 
@@ -22,6 +24,8 @@ from attendance.clock import as_utc
 from attendance.errors import InvalidInput, NotFound
 from attendance.evaluation import session_attendance
 from attendance.intervals import Span
+from attendance.makeup import KIND as MAKEUP_KIND
+from attendance.makeup import NO_MAKEUP, MakeupFigures, session_makeup
 from attendance.models import (
     AttendanceEvent,
     Member,
@@ -121,10 +125,18 @@ class ReportRow:
     notes: str  # none | submitted | accepted | returned (the member's newest note)
     qualified: bool
     reason: str
+    # Make-up viewing of the recording after the session (not live attendance).
+    makeup_s: float = 0.0
+    makeup_share: float = 0.0
+    makeup_qualified: bool = False
 
     @property
     def watched_min(self) -> float:
         return round(self.watched_s / 60, 1)
+
+    @property
+    def makeup_minutes(self) -> float:
+        return round(self.makeup_s / 60, 1)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -145,7 +157,18 @@ class ReportRow:
             "notes": self.notes,
             "qualified": self.qualified,
             "reason": self.reason,
+            "makeup_minutes": self.makeup_minutes,
+            "makeup_share": round(self.makeup_share, 4),
+            "makeup_qualified": self.makeup_qualified,
         }
+
+
+def _makeup_fields(figures: MakeupFigures) -> dict[str, Any]:
+    return {
+        "makeup_s": figures.attendance.seconds,
+        "makeup_share": figures.share,
+        "makeup_qualified": figures.qualified,
+    }
 
 
 @dataclass(frozen=True)
@@ -227,6 +250,7 @@ async def _stored_rows(db: AsyncSession, session_id: int) -> tuple[list[ReportRo
     if not records:
         return None
     notes = await _note_statuses(db, session_id)
+    makeup = await session_makeup(db, session_id)
     rows: list[ReportRow] = []
     live_s = 0.0
     for r in records:
@@ -250,6 +274,7 @@ async def _stored_rows(db: AsyncSession, session_id: int) -> tuple[list[ReportRo
                 notes=notes.get(r.member_id, "none"),
                 qualified=r.qualified,
                 reason=r.reason,
+                **_makeup_fields(makeup.get(r.member_id, NO_MAKEUP)),
             )
         )
     return rows, live_s
@@ -260,6 +285,7 @@ async def _live_rows(
 ) -> tuple[list[ReportRow], float]:
     computed = await session_attendance(db, session_id, now=now, member_ids=member_ids)
     notes = await _note_statuses(db, session_id, member_ids)
+    makeup = await session_makeup(db, session_id, member_ids=member_ids)
     rows: list[ReportRow] = []
     live_s = 0.0
     for m in computed:
@@ -283,6 +309,7 @@ async def _live_rows(
                 notes=notes.get(m.member_id, "none"),
                 qualified=m.verdict.qualified,
                 reason=m.verdict.reason,
+                **_makeup_fields(makeup.get(m.member_id, NO_MAKEUP)),
             )
         )
     return rows, live_s
@@ -554,9 +581,21 @@ async def member_history(db: AsyncSession, member_no: str, *, now: datetime) -> 
             .order_by(StudyNote.id)
         )
     }
+    watched_recordings = set(
+        await db.scalars(
+            select(AttendanceEvent.session_id)
+            .where(AttendanceEvent.member_id == member_id, AttendanceEvent.kind == MAKEUP_KIND)
+            .distinct()
+        )
+    )
     stored_sessions: set[int] = set()
     for result, session, slug in results:
         stored_sessions.add(session.id)
+        makeup = (
+            await session_makeup(db, session.id, member_ids=[member_id])
+            if session.id in watched_recordings
+            else {}
+        )
         first_join = as_utc(result.first_join) if result.first_join else None
         row = ReportRow(
             member_no=member_no,
@@ -575,6 +614,7 @@ async def member_history(db: AsyncSession, member_no: str, *, now: datetime) -> 
             notes=notes.get(session.id, "none"),
             qualified=result.qualified,
             reason=result.reason,
+            **_makeup_fields(makeup.get(member_id, NO_MAKEUP)),
         )
         entries.append(_entry(session, row, final=True, points=points))
     running = await db.scalars(

@@ -140,7 +140,11 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
     app[STATE_RECORDER].start()
     app[INGEST_QUEUE].start()
     # Segments a crash left open are completed before any new recording starts.
-    await recover(app[STORE], app[SETTINGS].data_dir, now=app[CLOCK]())
+    try:
+        await recover(app[STORE], app[SETTINGS].data_dir, now=app[CLOCK]())
+    except StoreError as exc:
+        # The server still starts (and says it is unhealthy); the next start tries again.
+        log.error("could not complete recordings left open: %s", exc.detail)
     app[RECORDINGS].start()
     settings, store, relay, clock = app[SETTINGS], app[STORE], app[RELAY], app[CLOCK]
     tasks = [

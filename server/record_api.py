@@ -20,6 +20,7 @@ from attendance.corrections import correct_attendance
 from attendance.errors import InvalidInput, NotFound
 from attendance.evaluation import expected_member_ids, session_attendance
 from attendance.events import parse_batch
+from attendance.makeup import session_makeup
 from attendance.models import (
     Member,
     OrgUnit,
@@ -136,6 +137,9 @@ async def member_me(request: web.Request) -> web.Response:
             )
         notes = await list_notes(db, session_id, member_id=caller.member_id)
         points = await member_points(db, caller.member_id)
+        makeup = (await session_makeup(db, session_id, member_ids=[caller.member_id])).get(
+            caller.member_id
+        )
     row = rows[0].as_json() if rows else None
     return web.json_response(
         {
@@ -148,6 +152,14 @@ async def member_me(request: web.Request) -> web.Response:
             "quiz": quiz,
             "notes": notes,
             "points": points["total"],
+            "makeup": None
+            if makeup is None
+            else {
+                "seconds": round(makeup.attendance.seconds, 1),
+                "minutes": makeup.minutes,
+                "share": round(makeup.share, 4),
+                "qualified": makeup.qualified,
+            },
         }
     )
 

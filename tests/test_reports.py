@@ -382,6 +382,9 @@ def row(
         "notes": notes,
         "qualified": qualified,
         "reason": reason,
+        "makeup_minutes": 0.0,
+        "makeup_share": 0.0,
+        "makeup_qualified": False,
     }
 
 

@@ -116,6 +116,20 @@ initI18n({
     'member.fatal.scanFirstText':
       'This phone does not know you yet: open your personal link once, then scan the venue code again.',
     'member.fatal.notFound': 'This session does not exist',
+    'member.makeup': 'Watch the recording',
+    'member.makeupHint':
+      'Missed the live session? Watch the recording: the time you watch counts as make-up viewing, shown apart from live attendance.',
+    'member.makeupWatched': 'Make-up viewing',
+    'member.makeup.loading': 'Loading the recording…',
+    'member.makeup.none': 'There is no recording of this session.',
+    'member.makeup.unavailable': 'The recording cannot be loaded now: {detail}',
+    'member.makeup.ready': 'Press play to watch. Part {n} of {count}.',
+    'member.makeup.playing': 'Playing part {n} of {count}.',
+    'member.makeup.fast': 'Played faster than 2x: this time does not count.',
+    'member.makeup.hidden': 'The page is hidden: this time does not count.',
+    'member.makeup.done': 'You reached the end of the recording.',
+    'member.makeup.value': '{minutes} min ({share}% of the recording)',
+    'member.me.makeup': 'Make-up viewing',
   },
   'zh-CN': {
     'member.title': '学习会 · studycast',
@@ -212,6 +226,19 @@ initI18n({
     'member.fatal.scanFirst': '请先打开您的个人链接',
     'member.fatal.scanFirstText': '这部手机还不认识您：请先打开一次个人链接，再扫描会场二维码。',
     'member.fatal.notFound': '该场次不存在',
+    'member.makeup': '观看回放',
+    'member.makeupHint': '错过了直播？可以观看回放：观看时长计为补看，与直播出勤分开记录。',
+    'member.makeupWatched': '补看时长',
+    'member.makeup.loading': '正在加载回放…',
+    'member.makeup.none': '本场学习没有录像。',
+    'member.makeup.unavailable': '暂时无法加载回放：{detail}',
+    'member.makeup.ready': '点击播放开始观看。第 {n} 段，共 {count} 段。',
+    'member.makeup.playing': '正在播放第 {n} 段，共 {count} 段。',
+    'member.makeup.fast': '播放速度超过 2 倍：这段时间不计入。',
+    'member.makeup.hidden': '页面不可见：这段时间不计入。',
+    'member.makeup.done': '已看到回放结尾。',
+    'member.makeup.value': '{minutes} 分钟（占回放 {share}%）',
+    'member.me.makeup': '补看',
   },
 });
 
@@ -225,12 +252,17 @@ const els = Object.fromEntries(
     'quiz-status', 'quiz-prompt', 'quiz-choices', 'quiz-submit', 'quiz-result', 'presence-card',
     'presence-image', 'presence-countdown', 'presence-form', 'presence-code', 'presence-result',
     'me-name', 'me-mode', 'me-watched', 'me-presence', 'me-quiz', 'me-points', 'note-form',
-    'note-text', 'note-count', 'note-result', 'outbox-status',
+    'note-text', 'note-count', 'note-result', 'outbox-status', 'makeup-card', 'makeup-video',
+    'makeup-progress', 'makeup-position', 'makeup-status', 'makeup-watched', 'me-makeup',
   ].map((id) => [id.replace(/-(\w)/g, (_, c) => c.toUpperCase()), $(id)]),
 );
 
 const HEARTBEAT_MS = 15000;
 const ME_REFRESH_MS = 30000;
+// Make-up viewing: what was played is reported this often (and on pause, seek, hide, rate).
+const MAKEUP_REPORT_MS = 12000;
+const MAKEUP_MAX_SPAN_S = 60; // the server takes at most this much media per report
+const MAKEUP_MAX_RATE = 2; // faster playback does not count
 
 // What the page shows; render() turns it into the DOM (again on a language switch).
 const state = {
@@ -255,6 +287,11 @@ const state = {
   outbox: { pending: 0, state: 'idle' },
   meUnreachable: false,
   clockOffsetMs: 0,
+  // The recording, once the session has ended: {status: loading|ready|none|unavailable, detail,
+  // segments: [{index, offset_s, duration_s, url}], current (position in segments), total_s}.
+  makeup: null,
+  // Per segment index: media ranges [[from, to]] accepted as watched (visible, at most 2x).
+  makeupAccepted: new Map(),
 };
 
 function serverNow() {
@@ -301,6 +338,7 @@ function render() {
   els.sessionState.textContent = t('member.state.' + state.sessionState);
   renderNotice();
   renderMode();
+  renderMakeup();
   renderQuiz();
   renderPresence();
   renderMe();
@@ -467,6 +505,8 @@ function renderMe() {
         share: Math.round(a.share * 100),
       })
     : '–';
+  const makeupText = makeupFigures();
+  els.meMakeup.textContent = makeupText || '–';
   els.mePresence.textContent = a
     ? t('member.me.presenceValue', { passed: a.presence_passed, total: a.presence_total })
     : '–';
@@ -605,9 +645,228 @@ function onResult(event, outcome) {
     const ok = outcome.status === 'accepted' || outcome.status === 'duplicate';
     state.note = { status: ok ? 'saved' : 'refused', detail };
     if (ok && els.noteText.value === event.text) els.noteText.value = '';
+  } else if (event.type === 'makeup_progress') {
+    if (outcome.status === 'accepted' && event.visible && event.rate <= MAKEUP_MAX_RATE) {
+      const ranges = state.makeupAccepted.get(event.segment) || [];
+      state.makeupAccepted.set(event.segment, mergeRanges([...ranges, [event.from_s, event.to_s]]));
+    }
+    render();
+    return; // the record is refreshed on its own timer: not once per progress report
   }
   if (event.type !== 'heartbeat') scheduleMe(500);
   render();
+}
+
+// -- make-up viewing: the recording, after the session ----------------------------------------
+
+let makeupTimer = null;
+const makeupSent = new Map(); // segment index -> media ranges already reported
+let makeupVisible = document.visibilityState === 'visible';
+let makeupRate = 1;
+
+/** Sorted ranges [[from, to]] with overlapping or touching ones joined, empty ones dropped. */
+function mergeRanges(ranges) {
+  const out = [];
+  for (const [from, to] of [...ranges].sort((a, b) => a[0] - b[0])) {
+    if (!(to > from)) continue;
+    const last = out[out.length - 1];
+    if (last && from <= last[1]) last[1] = Math.max(last[1], to);
+    else out.push([from, to]);
+  }
+  return out;
+}
+
+/** The parts of merged ranges ``a`` outside merged ranges ``b``. */
+function subtractRanges(a, b) {
+  const out = [];
+  for (const [from, to] of a) {
+    let cursor = from;
+    for (const [bFrom, bTo] of b) {
+      if (bTo <= cursor || bFrom >= to) continue;
+      if (bFrom > cursor) out.push([cursor, bFrom]);
+      cursor = Math.max(cursor, bTo);
+    }
+    if (cursor < to) out.push([cursor, to]);
+  }
+  return out;
+}
+
+function rangesLength(ranges) {
+  return ranges.reduce((sum, [from, to]) => sum + (to - from), 0);
+}
+
+function clock(seconds) {
+  const s = Math.max(0, Math.floor(seconds));
+  const h = Math.floor(s / 3600);
+  const mm = String(Math.floor((s % 3600) / 60)).padStart(h ? 2 : 1, '0');
+  const ss = String(s % 60).padStart(2, '0');
+  return h ? `${h}:${mm}:${ss}` : `${mm}:${ss}`;
+}
+
+/** The member's make-up viewing as text: the server's figure (all visits) or, before it
+ * knows, what this page has had accepted. Empty when there is nothing to say. */
+function makeupFigures() {
+  const m = state.makeup;
+  let seconds = 0;
+  if (m && m.segments.length) {
+    for (const seg of m.segments) {
+      const cut = (state.makeupAccepted.get(seg.index) || [])
+        .map(([from, to]) => [from, Math.min(to, seg.duration_s ?? to)]);
+      seconds += rangesLength(mergeRanges(cut));
+    }
+  }
+  const total = m?.total_s || 0;
+  let share = total > 0 ? Math.min(1, seconds / total) : 0;
+  const server = state.me?.makeup;
+  if (server && server.seconds >= seconds) {
+    seconds = server.seconds;
+    share = server.share;
+  }
+  if (!m && !server) return '';
+  return t('member.makeup.value', {
+    minutes: (Math.round((seconds / 60) * 10) / 10).toString(),
+    share: Math.round(share * 100),
+  });
+}
+
+function renderMakeup() {
+  const m = state.makeup;
+  els.makeupCard.hidden = !m;
+  if (!m) return;
+  const video = els.makeupVideo;
+  els.makeupCard.dataset.status = m.status;
+  const count = m.segments.length;
+  let text = '';
+  if (m.status !== 'ready') {
+    text = t('member.makeup.' + m.status, { detail: m.detail || '' });
+  } else if (video.ended && m.current === count - 1) {
+    text = t('member.makeup.done');
+  } else if (!video.paused && video.playbackRate > MAKEUP_MAX_RATE) {
+    text = t('member.makeup.fast');
+  } else if (!video.paused && document.visibilityState !== 'visible') {
+    text = t('member.makeup.hidden');
+  } else {
+    const key = video.paused ? 'member.makeup.ready' : 'member.makeup.playing';
+    text = t(key, { n: m.current + 1, count });
+  }
+  els.makeupStatus.textContent = text;
+  const before = m.segments.slice(0, m.current).reduce((sum, s) => sum + (s.duration_s || 0), 0);
+  const position = m.status === 'ready' ? before + (video.currentTime || 0) : 0;
+  els.makeupProgress.value = m.total_s > 0 ? Math.min(1, position / m.total_s) : 0;
+  els.makeupPosition.textContent = m.total_s > 0 ? `${clock(position)} / ${clock(m.total_s)}` : '';
+  els.makeupWatched.textContent = makeupFigures() || '–';
+}
+
+function startMakeup() {
+  if (state.makeup || !session || state.fatal) return;
+  state.makeup = { status: 'loading', segments: [], current: 0, total_s: 0 };
+  render();
+  loadRecording();
+  if (!makeupTimer) makeupTimer = setInterval(reportMakeup, MAKEUP_REPORT_MS);
+}
+
+async function loadRecording() {
+  try {
+    const data = await api(`/api/sessions/${session.sessionId}/recordings`, {
+      token: session.token,
+    });
+    const segments = (data.segments || [])
+      .filter((s) => !s.deleted && s.url)
+      .sort((a, b) => a.index - b.index);
+    state.makeup = {
+      status: segments.length ? 'ready' : 'none',
+      segments,
+      current: 0,
+      total_s: segments.reduce((sum, s) => sum + (s.duration_s || 0), 0),
+    };
+    if (segments.length) loadSegment(0, false);
+  } catch (error) {
+    if (error.status === 401 || error.status === 403) return fail('link');
+    state.makeup = {
+      status: 'unavailable',
+      detail: error.detail || error.code,
+      segments: [],
+      current: 0,
+      total_s: 0,
+    };
+    setTimeout(() => {
+      if (state.makeup?.status === 'unavailable') {
+        state.makeup = null;
+        startMakeup();
+      }
+    }, 15000);
+  }
+  render();
+}
+
+function loadSegment(position, play) {
+  reportMakeup(); // what was played of the segment before: played ranges reset with the source
+  const m = state.makeup;
+  m.current = position;
+  const url = new URL(m.segments[position].url, location.href);
+  url.searchParams.set('token', session.token);
+  els.makeupVideo.src = url.pathname + url.search;
+  if (play) els.makeupVideo.play().catch(() => {});
+  render();
+}
+
+/** Send what the player has played since the last report, as ``makeup_progress`` events of at
+ * most a minute each, labelled with the visibility and rate that held while it played. */
+function reportMakeup() {
+  const m = state.makeup;
+  const video = els.makeupVideo;
+  if (!m || m.status !== 'ready' || !outbox) return;
+  const seg = m.segments[m.current];
+  const sent = makeupSent.get(seg.index) || [];
+  const played = [];
+  for (let i = 0; i < video.played.length; i++) played.push([video.played.start(i), video.played.end(i)]);
+  const fresh = subtractRanges(mergeRanges(played), sent);
+  const limit = seg.duration_s != null ? seg.duration_s + 1 : Infinity;
+  for (const range of fresh) {
+    let from = range[0];
+    const to = Math.min(range[1], limit);
+    while (to - from >= 0.25) {
+      const end = Math.min(to, from + MAKEUP_MAX_SPAN_S);
+      outbox.add({
+        type: 'makeup_progress',
+        segment: seg.index,
+        from_s: Math.round(from * 1000) / 1000,
+        to_s: Math.round(end * 1000) / 1000,
+        visible: makeupVisible,
+        rate: makeupRate,
+      });
+      from = end;
+    }
+  }
+  makeupSent.set(seg.index, mergeRanges([...sent, ...fresh]));
+}
+
+function wireMakeup() {
+  const video = els.makeupVideo;
+  for (const name of ['pause', 'seeking']) video.addEventListener(name, () => {
+    reportMakeup();
+    renderMakeup();
+  });
+  video.addEventListener('play', renderMakeup);
+  video.addEventListener('timeupdate', renderMakeup);
+  video.addEventListener('ratechange', () => {
+    reportMakeup(); // at the rate it played until now
+    makeupRate = video.playbackRate;
+    renderMakeup();
+  });
+  video.addEventListener('ended', () => {
+    reportMakeup();
+    const m = state.makeup;
+    if (m && m.current + 1 < m.segments.length) loadSegment(m.current + 1, true);
+    else renderMakeup();
+  });
+  document.addEventListener('visibilitychange', () => {
+    reportMakeup(); // what played while the page was (in)visible, labelled so
+    makeupVisible = document.visibilityState === 'visible';
+    renderMakeup();
+  });
+  window.addEventListener('pagehide', reportMakeup);
+  window.studycastMember.makeup = { report: reportMakeup, video };
 }
 
 // -- the record from the server ----------------------------------------------------------------
@@ -711,6 +970,7 @@ function main() {
   });
   outbox.onResult(onResult);
   window.studycastMember.outbox = outbox;
+  wireMakeup();
 
   player = new WhepPlayer(els.video, {
     url: `/whep/${session.sessionId}`,
@@ -740,6 +1000,7 @@ function main() {
     if (value === 'ended') {
       player.stop();
       stopHeartbeats();
+      startMakeup();
     } else if (before === 'paused' && value === 'live' && state.mode === 'remote') {
       setTimeout(() => {
         if (state.sessionState === 'live' && player.state !== 'playing') player.restart();
