@@ -1154,7 +1154,8 @@ $('end-session').addEventListener('click', () => {
   $('end-confirm').hidden = false;
 });
 $('end-no').addEventListener('click', () => {
-  $('end-confirm').hidden = true;
+  // An open "end for everyone?" prompt stays open through other state changes.
+  if (ended) $('end-confirm').hidden = true;
 });
 $('end-yes').addEventListener('click', endSession);
 $('preview-start').addEventListener('click', startPreview);

@@ -612,7 +612,11 @@ function checkIn(fields) {
   render();
 }
 
+// Bumped by every event result: a /me answer read before a result is older than it.
+let resultEpoch = 0;
+
 function onResult(event, outcome) {
+  resultEpoch += 1;
   const result = outcome.result || {};
   const refusal = outcome.status === 'refused' ? result.code || 'refused' : null;
   const detail = result.detail || outcome.error?.detail || '';
@@ -879,8 +883,16 @@ function scheduleMe(delay) {
 }
 
 async function loadMe() {
+  const asked = resultEpoch;
   try {
     const me = await api(`/api/sessions/${session.sessionId}/me`, { token: session.token });
+    // A result arrived while this was on its way: what it says may predate that result, so it
+    // must not undo it; ask again shortly instead.
+    if (asked !== resultEpoch) {
+      render();
+      scheduleMe(500);
+      return;
+    }
     state.me = me;
     state.meUnreachable = false;
     state.checkedIn = me.checked_in;

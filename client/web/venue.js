@@ -197,7 +197,10 @@ function render() {
 
 function renderPresence() {
   const check = state.check;
-  const left = check ? Math.ceil((Date.parse(check.closes_at) - serverNow()) / 1000) : 0;
+  // Never more than the window (the clocks' offset can make the first second look like 61).
+  const left = check
+    ? Math.min(check.window_s ?? Infinity, Math.ceil((Date.parse(check.closes_at) - serverNow()) / 1000))
+    : 0;
   const open = check && check.state === 'open' && check.code && left > 0;
   els.presence.hidden = !open || state.sessionState === 'ended';
   if (open) {
