@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # Packets a writer may have queued (a few seconds of a 2 Mbit/s broadcast) before it drops.
 QUEUE_PACKETS = 4096
+# How often the writer thread takes what has queued (a batch, not a wake-up per packet).
+DRAIN_INTERVAL_S = 0.05
 KEYFRAME_ASK_INTERVAL_S = 1.0
 RECORDINGS_DIR = "recordings"
 
@@ -66,7 +68,10 @@ class SegmentWriter:
         self._wall_at = wall_at
         self._emit = emit
         self._ask_keyframe = ask_keyframe
-        self._queue: queue.Queue[SourcePacket] = queue.Queue(maxsize=queue_packets)
+        # A plain deque, drained in batches: appending is atomic, and no lock or wake-up per
+        # packet is paid on the event loop (measured: most of the recorder's cost otherwise).
+        self._queue: deque[SourcePacket] = deque()
+        self._queue_limit = queue_packets
         self._stop = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"recorder-{session_id}", daemon=True
@@ -93,9 +98,9 @@ class SegmentWriter:
         self._thread.start()
 
     def offer(self, packet: SourcePacket) -> None:
-        try:
-            self._queue.put_nowait(packet)
-        except queue.Full:
+        if len(self._queue) < self._queue_limit:
+            self._queue.append(packet)
+        else:
             self.dropped_packets += 1
             if self.dropped_packets % 500 == 1:
                 log.warning(
@@ -121,13 +126,11 @@ class SegmentWriter:
     def _run(self) -> None:
         try:
             while True:
-                try:
-                    packet = self._queue.get(timeout=0.2)
-                except queue.Empty:
-                    if self._stop.is_set():
-                        break
-                    continue
-                self._packet(packet)
+                stopping = self._stop.wait(DRAIN_INTERVAL_S)
+                while self._queue:
+                    self._packet(self._queue.popleft())
+                if stopping:
+                    break
             for assembler in self._assemblers.values():
                 for frame in assembler.flush():
                     self._frame(frame)
