@@ -13,7 +13,6 @@ study notes) is written in the same transaction.
 
 from __future__ import annotations
 
-import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,8 +47,6 @@ from attendance.models import (
     StudySession,
     Venue,
 )
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "BatchJob",

@@ -39,7 +39,7 @@ _ID = re.compile(r"^[0-9]{1,18}$")
 _MAX_ID = 2**31 - 1  # ids are INTEGER columns
 
 
-def _id_param(request: web.Request, what: str, name: str = "id") -> int:
+def id_param(request: web.Request, what: str, name: str = "id") -> int:
     """A positive integer from the path: 400 if it is not one, 404 beyond any stored id."""
     raw = request.match_info[name]
     if not _ID.match(raw):
@@ -141,7 +141,7 @@ async def sessions_create(request: web.Request) -> web.Response:
 @routes.get("/api/sessions/{id}")
 @require_role(Role.ORGANISER, Role.AUDITOR)
 async def sessions_show(request: web.Request) -> web.Response:
-    session_id = _id_param(request, "study session")
+    session_id = id_param(request, "study session")
     async with request.config_dict[STORE].read() as db:
         body = describe(await get_session(db, session_id))
     return web.json_response(body)
@@ -152,7 +152,7 @@ async def sessions_show(request: web.Request) -> web.Response:
 async def sessions_update(request: web.Request) -> web.Response:
     """Edit a session not yet ended: any ``SessionDraft`` fields, the others stay as they are."""
     user = await current_user(request)
-    session_id = _id_param(request, "study session")
+    session_id = id_param(request, "study session")
     data = await read_json_object(request)
     store = request.config_dict[STORE]
     async with store.write() as db:
@@ -168,7 +168,7 @@ async def sessions_update(request: web.Request) -> web.Response:
 @require_role(Role.ORGANISER, Role.AUDITOR)
 async def sessions_stats(request: web.Request) -> web.Response:
     """Live media statistics: broadcaster, viewers by kind, packets, NACKs, PLIs, loss."""
-    session_id = _id_param(request, "study session")
+    session_id = id_param(request, "study session")
     async with request.config_dict[STORE].read() as db:
         session = await get_session(db, session_id)
         state = session.state.value
@@ -192,7 +192,7 @@ async def sessions_stats(request: web.Request) -> web.Response:
 @require_role(Role.ORGANISER)
 async def sessions_links(request: web.Request) -> web.Response:
     """The WHIP settings for OBS or the browser and the session's viewer link."""
-    session_id = _id_param(request, "study session")
+    session_id = id_param(request, "study session")
     async with request.config_dict[STORE].read() as db:
         await get_session(db, session_id)
     return web.json_response(
@@ -200,7 +200,7 @@ async def sessions_links(request: web.Request) -> web.Response:
             request.config_dict[SETTINGS],
             session_id,
             now=request.config_dict[CLOCK](),
-            base_url=_public_base(request),
+            base_url=public_base(request),
         )
     )
 
@@ -210,7 +210,7 @@ async def sessions_links(request: web.Request) -> web.Response:
 async def sessions_end(request: web.Request) -> web.Response:
     """End a session: the broadcast and every viewer are disconnected, nobody may rejoin."""
     user = await current_user(request)
-    session_id = _id_param(request, "study session")
+    session_id = id_param(request, "study session")
     store = request.config_dict[STORE]
     now = request.config_dict[CLOCK]()
     async with store.write() as db:
@@ -224,7 +224,7 @@ async def sessions_end(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def _public_base(request: web.Request) -> str:
+def public_base(request: web.Request) -> str:
     settings = request.config_dict[SETTINGS]
     if settings.public_base_url:
         return settings.public_base_url

@@ -13,7 +13,7 @@ from attendance.journal import record_admin_event
 from attendance.models import Member, Role, StudySession
 from attendance.notes import describe_note, list_notes, review_note
 from attendance.points import award, leaderboard, member_points
-from server.api import _id_param
+from server.api import id_param
 from server.auth import CLOCK, STORE, current_user, require_role, token_or_login
 from server.callers import ORGANISER
 from server.http_errors import read_json_object
@@ -46,7 +46,7 @@ async def notes_index(request: web.Request) -> web.Response:
 async def notes_review(request: web.Request) -> web.Response:
     """``{"decision": "accept" | "return", "comment": "..."}``."""
     session_id, caller = await caller_for(request, frozenset({ORGANISER}))
-    note_id = _id_param(request, "study note", "nid")
+    note_id = id_param(request, "study note", "nid")
     body = await read_json_object(request)
     unknown = set(body) - {"decision", "comment"}
     if unknown:

@@ -19,7 +19,7 @@ from attendance.errors import InvalidInput, NotFound
 from attendance.models import PresenceCheck
 from attendance.presence import DEFAULT_WINDOW_S
 from attendance.presence_checks import describe_check, list_checks, schedule_checks, trigger_check
-from server.api import _id_param
+from server.api import id_param
 from server.auth import CLOCK, STORE, token_or_login
 from server.callers import ORGANISER
 from server.http_errors import read_json_object
@@ -110,7 +110,7 @@ async def checks_index(request: web.Request) -> web.Response:
 async def check_code_image(request: web.Request) -> web.Response:
     """The check's code drawn as a picture (for ``<img src=...&token=...>``)."""
     session_id, _ = await caller_for(request, ALL)
-    check_id = _id_param(request, "presence check", "cid")
+    check_id = id_param(request, "presence check", "cid")
     now = request.config_dict[CLOCK]()
     async with request.config_dict[STORE].read() as db:
         check = await db.get(PresenceCheck, check_id)

@@ -22,7 +22,7 @@ from attendance.questions import (
 from attendance.quiz import parse_bank_json, parse_question
 from attendance.quiz_csv import parse_bank_csv
 from attendance.sessions import get_session
-from server.api import _id_param
+from server.api import id_param
 from server.auth import CLOCK, STORE, token_or_login
 from server.callers import ORGANISER
 from server.http_errors import UnsupportedMediaType, read_json_object
@@ -90,7 +90,7 @@ async def questions_create(request: web.Request) -> web.Response:
 
 async def _action(request: web.Request, action: str) -> web.Response:
     session_id, caller = await caller_for(request, ORGANISERS)
-    question_id = _id_param(request, "question", "qid")
+    question_id = id_param(request, "question", "qid")
     now = request.config_dict[CLOCK]()
     time_limit: int | None = None
     if action == "open" and request.can_read_body:
@@ -143,7 +143,7 @@ async def question_reveal(request: web.Request) -> web.Response:
 async def question_results_show(request: web.Request) -> web.Response:
     """The answer distribution, team answers and who has not answered yet."""
     session_id, _ = await caller_for(request, STAFF)
-    question_id = _id_param(request, "question", "qid")
+    question_id = id_param(request, "question", "qid")
     async with request.config_dict[STORE].read() as db:
         question = await get_question(db, session_id, question_id)
         session = await get_session(db, session_id)

@@ -35,7 +35,7 @@ from attendance.notes import list_notes
 from attendance.points import member_points
 from attendance.questions import question_state
 from attendance.sessions import get_session
-from server.api import _id_param, _public_base
+from server.api import id_param, public_base
 from server.auth import CLOCK, SETTINGS, STORE, token_or_login
 from server.callers import AUDITOR, MEMBER, ORGANISER, VENUE, Caller, session_caller
 from server.http_errors import read_json_object
@@ -55,7 +55,7 @@ SENDERS = frozenset({MEMBER, VENUE, ORGANISER})
 
 
 async def caller_for(request: web.Request, audiences: frozenset[str]) -> tuple[int, Caller]:
-    session_id = _id_param(request, "study session")
+    session_id = id_param(request, "study session")
     return session_id, await session_caller(request, session_id, audiences=audiences)
 
 
@@ -205,7 +205,7 @@ async def checkin_code(request: web.Request) -> web.Response:
         request.config_dict[SETTINGS].resolved_secret_key(), session_id, venue.id, now
     )
     url = (
-        f"{_public_base(request).rstrip('/')}/member.html#checkin="
+        f"{public_base(request).rstrip('/')}/member.html#checkin="
         f"{session_id}.{slug}.{code.window}.{code.signature}"
     )
     svg = io.BytesIO()
@@ -234,7 +234,7 @@ async def member_links(request: web.Request) -> web.Response:
     settings = request.config_dict[SETTINGS]
     secret = settings.resolved_secret_key()
     now = request.config_dict[CLOCK]()
-    base = _public_base(request).rstrip("/")
+    base = public_base(request).rstrip("/")
     async with request.config_dict[STORE].read() as db:
         session = await get_session(db, session_id)
         ids = await expected_member_ids(db, session)
@@ -330,7 +330,7 @@ async def link_qr(request: web.Request) -> web.Response:
         raise InvalidInput("give member=NUMBER or venue=SLUG")
     settings = request.config_dict[SETTINGS]
     now = request.config_dict[CLOCK]()
-    base = _public_base(request).rstrip("/")
+    base = public_base(request).rstrip("/")
     async with request.config_dict[STORE].read() as db:
         session = await get_session(db, session_id)
         if member is not None:

@@ -37,7 +37,7 @@ from attendance.reports import (
     venue_rollup,
 )
 from attendance.timeline import session_timeline
-from server.api import _id_param
+from server.api import id_param
 from server.auth import CLOCK, STORE, current_user, require_role
 
 routes = web.RouteTableDef()
@@ -89,7 +89,7 @@ async def _download(
 @require_role(Role.ORGANISER, Role.AUDITOR)
 async def session_report_show(request: web.Request) -> web.StreamResponse:
     """One row per expected or present member; ``?unit=&venue=&mode=&qualified=`` filter."""
-    session_id = _id_param(request, "study session")
+    session_id = id_param(request, "study session")
     fmt = _format(request)
     filters = _filter(request, "unit", "venue", "mode", "qualified")
     async with request.config_dict[STORE].read() as db:
@@ -106,7 +106,7 @@ async def session_report_show(request: web.Request) -> web.StreamResponse:
 async def unit_report_show(request: web.Request) -> web.StreamResponse:
     """Expected, present, qualified and rate for every unit at every level; ``?unit=`` keeps
     that unit and those below it."""
-    session_id = _id_param(request, "study session")
+    session_id = id_param(request, "study session")
     fmt = _format(request)
     filters = _filter(request, "unit")
     async with request.config_dict[STORE].read() as db:
@@ -124,7 +124,7 @@ async def unit_report_show(request: web.Request) -> web.StreamResponse:
 @require_role(Role.ORGANISER, Role.AUDITOR)
 async def venue_report_show(request: web.Request) -> web.StreamResponse:
     """Per venue: screen uptime and its share of live time, check-ins, on-site members."""
-    session_id = _id_param(request, "study session")
+    session_id = id_param(request, "study session")
     fmt = _format(request)
     now = request.config_dict[CLOCK]()
     async with request.config_dict[STORE].read() as db:
@@ -154,7 +154,7 @@ async def member_history_show(request: web.Request) -> web.StreamResponse:
 async def session_timeline_show(request: web.Request) -> web.Response:
     """Members watching, screens connected and check-ins over time (at most 300 buckets),
     with broadcast, quiz and presence-check markers."""
-    session_id = _id_param(request, "study session")
+    session_id = id_param(request, "study session")
     async with request.config_dict[STORE].read() as db:
         timeline = await session_timeline(db, session_id, now=request.config_dict[CLOCK]())
     return web.json_response(timeline.as_json())
