@@ -102,6 +102,15 @@ class MakeupProgress(_Event):
     rate: StrictFloat = Field(gt=0, le=16, allow_inf_nan=False)
 
 
+class MakeupPresenceAnswer(_Event):
+    """During make-up viewing: the member's answer to a presence check found in the recording,
+    with the code shown to them (``attendance.makeup.makeup_code``)."""
+
+    type: Literal["makeup_presence_answer"]
+    check: StrictInt = Field(ge=1)
+    code: Annotated[StrictStr, Field(min_length=1, max_length=16)]
+
+
 ClientEvent = Annotated[
     Heartbeat
     | CheckIn
@@ -109,7 +118,8 @@ ClientEvent = Annotated[
     | PresenceAnswer
     | QuizAnswerEvent
     | StudyNoteEvent
-    | MakeupProgress,
+    | MakeupProgress
+    | MakeupPresenceAnswer,
     Field(discriminator="type"),
 ]
 KINDS = (
@@ -120,6 +130,7 @@ KINDS = (
     "quiz_answer",
     "study_note",
     "makeup_progress",
+    "makeup_presence_answer",
 )
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(ClientEvent)
 

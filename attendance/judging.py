@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from attendance import checkin, makeup, presence, quiz
@@ -23,6 +24,7 @@ from attendance.events import (
     CheckOut,
     ClientEvent,
     Heartbeat,
+    MakeupPresenceAnswer,
     MakeupProgress,
     PresenceAnswer,
     QuizAnswerEvent,
@@ -32,6 +34,7 @@ from attendance.events import (
 )
 from attendance.journal import NewAttendanceEvent
 from attendance.models import (
+    AttendanceEvent,
     PresenceCheck,
     PresenceResponse,
     QuizAnswer,
@@ -42,6 +45,7 @@ from attendance.models import (
     StudySession,
 )
 from attendance.points import award
+from attendance.sessions import AttendanceRule
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +125,10 @@ class Context:
     linked: list[tuple[uuid.UUID, Any]] = field(default_factory=list)
     # The session's recorded segments by index, loaded by the first make-up report.
     segments: dict[int, makeup.Segment] | None = None
+    # The presence checks in the recording by id, loaded by the first make-up answer.
+    recorded_checks: dict[int, makeup.TimelineCheck] | None = None
+    # Outcomes of earlier make-up answers per (check, member), loaded when first needed.
+    makeup_answers: dict[tuple[int, int], list[str]] = field(default_factory=dict)
 
 
 def _subject(ctx: Context, event: ClientEvent) -> tuple[int | None, str | None]:
@@ -215,6 +223,8 @@ async def _apply(
         return _study_note(db, ctx, event, _need_member(member_id), happened)
     if isinstance(event, MakeupProgress):
         return await _makeup_progress(db, ctx, event)
+    if isinstance(event, MakeupPresenceAnswer):
+        return await _makeup_presence_answer(db, ctx, event, _need_member(member_id))
     raise AssertionError(f"unhandled event type {event.type}")
 
 
@@ -446,3 +456,61 @@ async def _makeup_progress(db: AsyncSession, ctx: Context, event: MakeupProgress
         code, reason = problem
         raise Refused(reason, code=code)
     return {"ok": True, "segment": event.segment, "counted": event.visible}
+
+
+async def _makeup_presence_answer(
+    db: AsyncSession, ctx: Context, event: MakeupPresenceAnswer, member_id: int
+) -> dict[str, Any]:
+    """A member's answer to a presence check met during make-up viewing, judged against the
+    member's own code for that check (``attendance.makeup``)."""
+    if ctx.sender.kind != "member":
+        raise Forbidden("type: only a member answers make-up presence checks, for themselves")
+    if ctx.session.state != SessionState.ENDED:
+        raise Refused(
+            "the session has not ended: make-up viewing opens when it ends", code="not_ended"
+        )
+    if not AttendanceRule.model_validate(ctx.session.attendance_rule or {}).makeup_presence:
+        raise Refused(
+            "this session does not ask make-up viewers to answer presence checks",
+            code="not_required",
+        )
+    if ctx.recorded_checks is None:
+        segments, checks = await makeup.recorded_timeline(db, ctx.session.id)
+        ctx.recorded_checks = {c.check_id: c for c in makeup.checks_in_recording(checks, segments)}
+    if event.check not in ctx.recorded_checks:
+        raise Refused(
+            f"presence check {event.check} is not in this session's recording",
+            code="not_in_recording",
+        )
+    key = (event.check, member_id)
+    if key not in ctx.makeup_answers:
+        ctx.makeup_answers[key] = await _earlier_makeup_outcomes(db, ctx, event.check, member_id)
+    earlier = ctx.makeup_answers[key]
+    expected = makeup.makeup_code(ctx.secret, ctx.session.id, event.check, member_id)
+    outcome, message = makeup.makeup_answer_outcome(
+        expected=expected, given=event.code, earlier_outcomes=earlier
+    )
+    earlier.append(outcome)
+    if outcome != "passed":
+        raise Refused(message, code=outcome)
+    return {"ok": True, "outcome": outcome, "detail": message}
+
+
+async def _earlier_makeup_outcomes(
+    db: AsyncSession, ctx: Context, check_id: int, member_id: int
+) -> list[str]:
+    rows = await db.scalars(
+        select(AttendanceEvent.payload).where(
+            AttendanceEvent.session_id == ctx.session.id,
+            AttendanceEvent.kind == makeup.ANSWER_KIND,
+            AttendanceEvent.member_id == member_id,
+        )
+    )
+    outcomes = []
+    for payload in rows:
+        if not payload or payload.get("check") != check_id:
+            continue
+        result = payload.get("result") or {}
+        accepted = payload.get("status") == "accepted"
+        outcomes.append(result.get("outcome") if accepted else result.get("code"))
+    return [o for o in outcomes if isinstance(o, str)]

@@ -9,16 +9,23 @@ half-open span ``[from_s, to_s)`` of that segment's media). Pure core:
   never exceeds the recording's duration (deleted segments are not part of it);
 - make-up share = make-up seconds / recorded seconds; make-up counts as qualified when that
   share meets the session rule's ``min_share``.
-Presence checks are placed on the same timeline and those falling in the watched media are
-reported (``checks_in_view``), but not enforced yet: the recording carries no code a member could
-answer after the check has closed, so answering them needs a make-up answer event first.
+
+Presence checks are placed on the same timeline. When the session's rule asks for it
+(``makeup_presence``), make-up viewing must pass them too: the player stops where a check opened
+and shows the member a code of their own (``makeup_code``, an HMAC of session, check and member,
+so it cannot be shared), which the member answers with a ``makeup_presence_answer`` event. A
+check counts as passed when it was answered right *and* the media where it opened was watched;
+the checks in the recording are the ones given, and the live rule's ``min_presence_share`` and
+``min_presence_passed`` apply to them.
 
 The ``async`` functions at the end load the events and segments from the store.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+import hmac
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -28,10 +35,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from attendance.clock import as_utc
 from attendance.models import AttendanceEvent, PresenceCheck, Recording, StudySession
-from attendance.rules import Verdict
+from attendance.rules import Verdict, presence_needed
 from attendance.sessions import AttendanceRule
 
 KIND = "makeup_progress"
+ANSWER_KIND = "makeup_presence_answer"
+# Wrong codes allowed per check before it is failed, as for live checks.
+MAX_WRONG_TRIES = 3
+_CODE_DIGITS = 4
 # Watching at more than double speed does not count as watching.
 MAX_RATE = 2.0
 # One report covers at most this much media: players report every 10-15 s, and on pause/seek.
@@ -83,6 +94,8 @@ class MakeupAttendance:
     share: float  # seconds / recorded_s; 0.0 without a recording
     spans: tuple[_Pair, ...]  # the counted spans on the recorded timeline, merged
     checks_in_view: tuple[int, ...] = ()  # presence checks whose opening was watched
+    checks_total: int = 0  # presence checks whose opening is in the recording
+    checks_passed: tuple[int, ...] = ()  # answered right and watched where they opened
 
     @property
     def minutes(self) -> float:
@@ -90,6 +103,40 @@ class MakeupAttendance:
 
 
 NOTHING = MakeupAttendance(seconds=0.0, recorded_s=0.0, share=0.0, spans=())
+
+
+def makeup_code(secret: str, session_id: int, check_id: int, member_id: int) -> str:
+    """The code one member answers for one presence check during make-up viewing: four digits,
+    no leading zero, different for every member (so one member cannot pass it on to another)."""
+    message = f"makeup:{session_id}:{check_id}:{member_id}".encode()
+    number = int.from_bytes(hmac.new(secret.encode(), message, hashlib.sha256).digest()[:8], "big")
+    low = 10 ** (_CODE_DIGITS - 1)
+    return str(low + number % (10**_CODE_DIGITS - low))
+
+
+def checks_in_recording(
+    checks: Iterable[TimelineCheck], segments: Sequence[Segment]
+) -> list[TimelineCheck]:
+    """The checks whose opening falls in the media of a kept segment, in timeline order."""
+    kept = [s for s in segments if not s.deleted]
+    return sorted(
+        (c for c in checks if any(s.offset_s <= c.at_s < s.offset_s + s.duration_s for s in kept)),
+        key=lambda c: c.at_s,
+    )
+
+
+def makeup_answer_outcome(
+    *, expected: str, given: str, earlier_outcomes: Sequence[str]
+) -> tuple[str, str]:
+    """Judge one make-up answer to a check: ``(outcome, message)`` where the outcome is one of
+    ``passed``, ``replay`` (passed before), ``too_many`` (3 wrong tries) or ``wrong_code``."""
+    if "passed" in earlier_outcomes:
+        return "replay", "this presence check was already passed"
+    if sum(1 for o in earlier_outcomes if o == "wrong_code") >= MAX_WRONG_TRIES:
+        return "too_many", f"{MAX_WRONG_TRIES} wrong codes: this presence check is failed"
+    if not hmac.compare_digest(expected, given.strip()):
+        return "wrong_code", "the code is not right"
+    return "passed", "presence confirmed"
 
 
 def progress_problem(
@@ -130,8 +177,10 @@ def makeup_attendance(
     segments: Sequence[Segment],
     *,
     checks: Sequence[TimelineCheck] = (),
+    answered: Collection[int] = (),
 ) -> MakeupAttendance:
-    """Count one member's make-up viewing; see the module docstring."""
+    """Count one member's make-up viewing; see the module docstring. ``answered`` names the
+    checks the member answered right."""
     kept = {s.index: s for s in segments if not s.deleted}
     recorded = _merged((s.offset_s, s.offset_s + s.duration_s) for s in kept.values())
     recorded_s = sum(end - start for start, end in recorded)
@@ -149,26 +198,37 @@ def makeup_attendance(
     in_view = tuple(
         c.check_id for c in checks if any(start <= c.at_s < end for start, end in spans)
     )
+    given = checks_in_recording(checks, segments)
     return MakeupAttendance(
         seconds=seconds,
         recorded_s=recorded_s,
         share=min(1.0, seconds / recorded_s) if recorded_s > 0 else 0.0,
         spans=tuple(spans),
         checks_in_view=in_view,
+        checks_total=len(given),
+        checks_passed=tuple(
+            c.check_id for c in given if c.check_id in answered and c.check_id in in_view
+        ),
     )
 
 
 def makeup_verdict(rule: AttendanceRule, makeup: MakeupAttendance) -> Verdict:
     """Make-up viewing qualifies when its share of the recording meets the rule's
-    ``min_share`` (presence checks in the watched media are not enforced yet)."""
+    ``min_share`` and, where the rule asks for it (``makeup_presence``), when enough of the
+    recording's presence checks were passed, by the live rule's presence thresholds."""
     if makeup.seconds <= 0:
         return Verdict(False, "no make-up viewing")
+    watched = f"watched {makeup.share:.0%} of the recording"
     if round(makeup.share, _SHARE_DIGITS) < round(rule.min_share, _SHARE_DIGITS):
-        return Verdict(
-            False,
-            f"watched {makeup.share:.0%} of the recording (needs {rule.min_share:.0%})",
-        )
-    return Verdict(True, f"watched {makeup.share:.0%} of the recording")
+        return Verdict(False, f"{watched} (needs {rule.min_share:.0%})")
+    if not rule.makeup_presence or makeup.checks_total == 0:
+        return Verdict(True, watched)
+    passed, total = len(makeup.checks_passed), makeup.checks_total
+    checks = f"passed {passed} of {total} presence checks"
+    needed = presence_needed(rule, total)
+    if passed < needed:
+        return Verdict(False, f"{watched}; {checks} (needs {needed})")
+    return Verdict(True, f"{watched}; {checks}")
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -224,6 +284,30 @@ def _timeline(rows: Sequence[Recording]) -> tuple[list[Segment], datetime | None
     return segments, origin
 
 
+async def recorded_timeline(
+    db: AsyncSession, session_id: int
+) -> tuple[list[Segment], list[TimelineCheck]]:
+    """The session's segments (deleted ones included, marked, in index order) and its presence
+    checks placed on the same timeline (none without a kept segment)."""
+    rows = list(
+        await db.scalars(
+            select(Recording)
+            .where(Recording.session_id == session_id)
+            .order_by(Recording.segment_index)
+        )
+    )
+    segments, origin = _timeline(rows)
+    checks: list[TimelineCheck] = []
+    if origin is not None:
+        for check_id, opened_at in await db.execute(
+            select(PresenceCheck.id, PresenceCheck.opened_at).where(
+                PresenceCheck.session_id == session_id
+            )
+        ):
+            checks.append(TimelineCheck(check_id, (as_utc(opened_at) - origin).total_seconds()))
+    return segments, checks
+
+
 async def recorded_segments(db: AsyncSession, session_id: int) -> list[Segment]:
     """The session's segments, deleted ones included (marked), in index order."""
     rows = await db.scalars(
@@ -268,28 +352,25 @@ async def session_makeup(
             watched.setdefault(member_id, []).append(one)
     if not watched:
         return {}
-    rows = list(
-        await db.scalars(
-            select(Recording)
-            .where(Recording.session_id == session_id)
-            .order_by(Recording.segment_index)
-        )
+    answered: dict[int, set[int]] = {}
+    answers = select(AttendanceEvent.member_id, AttendanceEvent.payload).where(
+        AttendanceEvent.session_id == session_id,
+        AttendanceEvent.kind == ANSWER_KIND,
+        AttendanceEvent.member_id.in_(list(watched)),
     )
-    segments, origin = _timeline(rows)
-    checks: list[TimelineCheck] = []
-    if origin is not None:
-        for check_id, opened_at in await db.execute(
-            select(PresenceCheck.id, PresenceCheck.opened_at).where(
-                PresenceCheck.session_id == session_id
-            )
-        ):
-            checks.append(TimelineCheck(check_id, (as_utc(opened_at) - origin).total_seconds()))
+    for member_id, payload in await db.execute(answers):
+        check = (payload or {}).get("check")
+        if payload and payload.get("status") == "accepted" and isinstance(check, int):
+            answered.setdefault(member_id, set()).add(check)
+    segments, checks = await recorded_timeline(db, session_id)
     raw_rule = await db.scalar(
         select(StudySession.attendance_rule).where(StudySession.id == session_id)
     )
     rule = AttendanceRule.model_validate(raw_rule or {})
     figures: dict[int, MakeupFigures] = {}
     for member_id, progress in watched.items():
-        makeup = makeup_attendance(progress, segments, checks=checks)
+        makeup = makeup_attendance(
+            progress, segments, checks=checks, answered=answered.get(member_id, ())
+        )
         figures[member_id] = MakeupFigures(makeup, makeup_verdict(rule, makeup))
     return figures

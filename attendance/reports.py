@@ -129,6 +129,9 @@ class ReportRow:
     makeup_s: float = 0.0
     makeup_share: float = 0.0
     makeup_qualified: bool = False
+    makeup_reason: str = ""
+    makeup_presence_passed: int = 0
+    makeup_presence_total: int = 0
 
     @property
     def watched_min(self) -> float:
@@ -160,6 +163,9 @@ class ReportRow:
             "makeup_minutes": self.makeup_minutes,
             "makeup_share": round(self.makeup_share, 4),
             "makeup_qualified": self.makeup_qualified,
+            "makeup_reason": self.makeup_reason,
+            "makeup_presence_passed": self.makeup_presence_passed,
+            "makeup_presence_total": self.makeup_presence_total,
         }
 
 
@@ -168,6 +174,9 @@ def _makeup_fields(figures: MakeupFigures) -> dict[str, Any]:
         "makeup_s": figures.attendance.seconds,
         "makeup_share": figures.share,
         "makeup_qualified": figures.qualified,
+        "makeup_reason": figures.verdict.reason if figures.attendance.seconds > 0 else "",
+        "makeup_presence_passed": len(figures.attendance.checks_passed),
+        "makeup_presence_total": figures.attendance.checks_total,
     }
 
 

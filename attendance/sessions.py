@@ -44,6 +44,9 @@ class AttendanceRule(BaseModel):
     min_presence_passed: int = Field(0, ge=0, le=100, description="presence checks passed")
     attendance_points: int = Field(10, ge=0, le=1000, description="points for qualifying")
     note_points: int = Field(5, ge=0, le=1000, description="points for an accepted note")
+    makeup_presence: bool = Field(
+        False, description="make-up viewers must pass the presence checks in the recording"
+    )
 
 
 class SessionDraft(BaseModel):

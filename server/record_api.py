@@ -159,6 +159,9 @@ async def member_me(request: web.Request) -> web.Response:
                 "minutes": makeup.minutes,
                 "share": round(makeup.share, 4),
                 "qualified": makeup.qualified,
+                "reason": makeup.verdict.reason,
+                "presence_passed": len(makeup.attendance.checks_passed),
+                "presence_total": makeup.attendance.checks_total,
             },
         }
     )

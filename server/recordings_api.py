@@ -21,10 +21,24 @@ from aiohttp import web
 from sqlalchemy import select
 
 from attendance.clock import as_utc
-from attendance.errors import InvalidInput, NotFound
+from attendance.errors import Conflict, InvalidInput, NotFound
 from attendance.journal import record_admin_event
-from attendance.models import AttendanceEvent, PresenceCheck, QuizQuestion, Recording
-from attendance.sessions import get_session
+from attendance.makeup import (
+    Segment,
+    TimelineCheck,
+    checks_in_recording,
+    makeup_code,
+    recorded_timeline,
+)
+from attendance.models import (
+    AttendanceEvent,
+    PresenceCheck,
+    QuizQuestion,
+    Recording,
+    SessionState,
+    StudySession,
+)
+from attendance.sessions import AttendanceRule, get_session
 from recordings.playback import (
     Moment,
     Placed,
@@ -34,8 +48,10 @@ from recordings.playback import (
     timeline_end,
     webvtt,
 )
+from server.api import id_param
 from server.auth import CLOCK, SETTINGS, STORE, token_or_login
 from server.callers import AUDITOR, MEMBER, ORGANISER, Caller
+from server.presence_api import render_code
 from server.record_api import caller_for
 
 log = logging.getLogger(__name__)
@@ -122,6 +138,7 @@ async def recordings_index(request: web.Request) -> web.Response:
     rows = await _segments(request, session_id)
     placed = _placed(rows)
     base = _base(session_id)
+    asked, checks = await _makeup_checks(request, session_id)
     return web.json_response(
         {
             "session_id": session_id,
@@ -129,7 +146,68 @@ async def recordings_index(request: web.Request) -> web.Response:
             "total_duration_s": timeline_end(list(placed.values())),
             "chapters_url": f"{base}/chapters.vtt",
             "download_url": f"{base}/download",
+            # Make-up viewers stop at these checks and answer them, where the rule asks.
+            "makeup_presence": asked,
+            "presence_checks": [
+                {
+                    "id": check.check_id,
+                    "at_s": round(check.at_s, 3),
+                    "segment": segment.index,
+                    "position_s": round(check.at_s - segment.offset_s, 3),
+                    "code_url": f"{base}/checks/{check.check_id}/code.png",
+                }
+                for check, segment in checks
+            ],
         }
+    )
+
+
+async def _makeup_checks(
+    request: web.Request, session_id: int
+) -> tuple[bool, list[tuple[TimelineCheck, Segment]]]:
+    """Whether the session's rule asks make-up viewers to pass presence checks, and the checks
+    in the recording with the segment each opened in."""
+    async with request.config_dict[STORE].read() as db:
+        raw_rule = await db.scalar(
+            select(StudySession.attendance_rule).where(StudySession.id == session_id)
+        )
+        segments, checks = await recorded_timeline(db, session_id)
+    asked = AttendanceRule.model_validate(raw_rule or {}).makeup_presence
+    kept = [s for s in segments if not s.deleted]
+    placed = []
+    for check in checks_in_recording(checks, segments):
+        segment = next(s for s in kept if s.offset_s <= check.at_s < s.offset_s + s.duration_s)
+        placed.append((check, segment))
+    return asked, placed
+
+
+@routes.get("/api/sessions/{id}/recordings/checks/{cid}/code.png")
+@token_or_login
+async def makeup_check_code(request: web.Request) -> web.Response:
+    """The member's own code for a presence check met in the recording, as a picture; only
+    after the session ended and where its rule asks make-up viewers to answer checks."""
+    session_id, caller = await caller_for(request, frozenset({MEMBER}))
+    check_id = id_param(request, "presence check", "cid")
+    async with request.config_dict[STORE].read() as db:
+        session = await get_session(db, session_id)
+    if session.state != SessionState.ENDED:
+        raise Conflict("make-up viewing opens when the session ends", code="not_ended")
+    asked, checks = await _makeup_checks(request, session_id)
+    if not asked:
+        raise NotFound(f"session {session_id} does not ask make-up viewers for presence checks")
+    if all(check.check_id != check_id for check, _ in checks):
+        raise NotFound(f"no presence check {check_id} in the recording of session {session_id}")
+    assert caller.member_id is not None
+    code = makeup_code(
+        request.config_dict[SETTINGS].resolved_secret_key(),
+        session_id,
+        check_id,
+        caller.member_id,
+    )
+    return web.Response(
+        body=render_code(code),
+        content_type="image/png",
+        headers={"Cache-Control": "no-store"},
     )
 
 

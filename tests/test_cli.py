@@ -473,7 +473,8 @@ def test_sessions(venues: Cli) -> None:
         "session", "create", "季度学习会", "--start", "2026-12-01T19:30+08:00",
         "--duration", "120", "--venue", "bj-cy-2", "--venue", "sh-1",
         "--unit", "北京", "--unit", "上海", "--video-codec", "vp8", "--no-recording",
-        "--min-share", "0.75", "--min-presence", "2", "--description", "安全与合规",
+        "--min-share", "0.75", "--min-presence", "2", "--makeup-presence",
+        "--description", "安全与合规",
     )
     created = in_utc(created)
     units = created.pop("expected_units")
@@ -550,6 +551,7 @@ def test_sessions(venues: Cli) -> None:
         f"  expected:   {', '.join(units)}",
         "  qualifies:  watched >= 75% of live time, presence checks passed >= 66% of those "
             "given, at least 2",
+        "  make-up:    share of the recording, and its presence checks",
         "  about:      安全与合规",
     ]) + "\n"
     assert cli.ok("session", "show", str(weekly["id"])) == "\n".join([
@@ -561,6 +563,7 @@ def test_sessions(venues: Cli) -> None:
         "  venues:     -",
         "  expected:   -",
         "  qualifies:  watched >= 85% of live time, presence checks passed >= 66% of those given",
+        "  make-up:    share of the recording",
     ]) + "\n"
 
     table = cli.ok("session", "list")

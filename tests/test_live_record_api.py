@@ -163,7 +163,7 @@ async def test_bad_events_fail_one_by_one_and_late_ones_are_flagged(world: World
     assert details[1] == "heartbeat.visible: Input should be a valid boolean"
     assert details[2] == (
         "type: must be one of heartbeat, check_in, check_out, presence_answer, quiz_answer, "
-        "study_note, makeup_progress, not 'dance'"
+        "study_note, makeup_progress, makeup_presence_answer, not 'dance'"
     )
     assert details[3] == (
         f"at: {(now + timedelta(minutes=10)).isoformat()} is in the future "

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from attendance.evaluation import finalize_session
 from attendance.events import parse_batch
@@ -28,7 +28,10 @@ from attendance.makeup import (
     Progress,
     Segment,
     TimelineCheck,
+    checks_in_recording,
+    makeup_answer_outcome,
     makeup_attendance,
+    makeup_code,
     makeup_verdict,
     progress_problem,
     session_makeup,
@@ -335,3 +338,153 @@ async def test_progress_is_judged_then_counted_in_the_report(store: Store) -> No
 def _by_number(figures: dict[int, Any], members: dict[str, int]) -> list[tuple[str, Any]]:
     numbers = {v: k for k, v in members.items()}
     return sorted((numbers[i], f) for i, f in figures.items())
+
+
+# --- presence checks during make-up viewing -----------------------------------------------------
+
+CHECKS = [TimelineCheck(1, 30.0), TimelineCheck(2, 330.0), TimelineCheck(3, 400.0)]
+WHOLE = [p(0, s, s + 60) for s in range(0, 300, 60)] + [p(1, s, s + 60) for s in range(0, 240, 60)]
+
+
+def test_a_makeup_code_is_four_digits_of_its_own_per_member_and_check() -> None:
+    code = makeup_code("secret", 7, 3, 11)
+    assert code == makeup_code("secret", 7, 3, 11)  # the same every time it is shown
+    assert len(code) == 4 and code.isdigit() and code[0] != "0"
+    others = {makeup_code("secret", 7, 3, m) for m in range(12, 40)}
+    others |= {makeup_code("secret", 7, c, 11) for c in range(4, 30)}
+    others |= {makeup_code("other secret", 7, 3, 11), makeup_code("secret", 8, 3, 11)}
+    # 56 other codes from 9,000: a handful may collide by chance, most must not.
+    assert sum(1 for o in others if o == code) <= 2 and len(others) > 45
+
+
+def test_makeup_answers_pass_once_and_fail_after_three_wrong_codes() -> None:
+    steps: list[str] = []
+    for given in ("1000", "2000", " 1234 ", "1234"):
+        outcome, _ = makeup_answer_outcome(expected="1234", given=given, earlier_outcomes=steps)
+        steps.append(outcome)
+    assert steps == ["wrong_code", "wrong_code", "passed", "replay"]
+    steps = []
+    for given in ("1000", "2000", "3000", "1234"):
+        outcome, _ = makeup_answer_outcome(expected="1234", given=given, earlier_outcomes=steps)
+        steps.append(outcome)
+    assert steps == ["wrong_code", "wrong_code", "wrong_code", "too_many"]
+
+
+def test_checks_in_the_recording_pass_only_where_they_were_watched() -> None:
+    # Check 2 opened in the gap between the segments: it is not in the recording.
+    assert [c.check_id for c in checks_in_recording(CHECKS, SEGMENTS)] == [1, 3]
+    everything = makeup_attendance(WHOLE, SEGMENTS, checks=CHECKS, answered={1, 2, 3})
+    assert (everything.checks_total, everything.checks_passed) == (2, (1, 3))
+    # Check 3 answered, but the media where it opened (segment 1 at 40 s) was never watched.
+    skipped = [p(0, 0, 300), p(1, 0, 30), p(1, 50, 240)]
+    got = makeup_attendance(skipped, SEGMENTS, checks=CHECKS, answered={1, 3})
+    assert (got.checks_total, got.checks_passed) == (2, (1,))
+
+
+def test_the_verdict_applies_presence_checks_only_where_the_rule_asks() -> None:
+    asks = AttendanceRule(makeup_presence=True)  # 66%: 2 of 2 checks, 2 of 3
+    one = makeup_attendance(WHOLE, SEGMENTS, checks=CHECKS, answered={1})
+    both = makeup_attendance(WHOLE, SEGMENTS, checks=CHECKS, answered={1, 3})
+    little = makeup_attendance([p(0, 0, 60)], SEGMENTS, checks=CHECKS, answered={1})
+    assert [makeup_verdict(asks, m) for m in (one, both, little)] == [
+        Verdict(
+            False,
+            "watched 100% of the recording; passed 1 of 2 presence checks (needs 2)",
+        ),
+        Verdict(True, "watched 100% of the recording; passed 2 of 2 presence checks"),
+        Verdict(False, "watched 11% of the recording (needs 85%)"),
+    ]
+    assert makeup_verdict(AttendanceRule(), one) == Verdict(True, "watched 100% of the recording")
+    half = AttendanceRule(makeup_presence=True, min_presence_share=0.5)
+    assert makeup_verdict(half, one).qualified is True
+    # A recording without checks asks for none.
+    assert makeup_verdict(asks, makeup_attendance(WHOLE, SEGMENTS)).qualified is True
+
+
+def answer(check: int, code: str) -> dict[str, Any]:
+    return {"id": str(uuid.uuid4()), "type": "makeup_presence_answer", "check": check, "code": code}
+
+
+async def test_makeup_answers_are_judged_and_decide_the_makeup_verdict(store: Store) -> None:
+    session_id, members = await world(store)
+    m1, m2, m3 = (member(members, n) for n in ("M1", "M2", "M3"))
+    async with store.read() as db:
+        check = int(
+            await db.scalar(select(PresenceCheck.id).where(PresenceCheck.session_id == session_id))
+        )
+    code_of = {n: makeup_code("secret", session_id, check, members[n]) for n in members}
+    assert await send(store, session_id, m1, [answer(check, code_of["M1"])], END) == [
+        ("refused", "not_ended")
+    ]
+    async with store.write() as db:
+        await end_session(db, session_id, now=END, actor="test")
+        await finalize_session(db, session_id, now=END)
+    # The session's rule does not ask for checks yet.
+    assert await send(store, session_id, m1, [answer(check, code_of["M1"])], LATER) == [
+        ("refused", "not_required")
+    ]
+    async with store.write() as db:
+        session = await db.get(StudySession, session_id)
+        assert session is not None
+        session.attendance_rule = {**session.attendance_rule, "makeup_presence": True}
+
+    def whole() -> list[dict[str, Any]]:
+        first = [progress(0, s, s + 60) for s in range(0, 300, 60)]
+        return first + [progress(1, s, s + 60) for s in range(0, 240, 60)]
+
+    watched = [("accepted", None)] * len(whole())
+    wrong = "1000" if code_of["M1"] != "1000" else "2000"
+    m1_events = [answer(check, wrong), answer(check, code_of["M1"]), answer(check, code_of["M1"])]
+    assert await send(store, session_id, m1, whole() + m1_events, LATER) == [
+        ("accepted", None)
+    ] * len(watched) + [("refused", "wrong_code"), ("accepted", None), ("refused", "replay")]
+    # M2 watches it all but types M1's code (shared with them): it is not M2's code.
+    assert code_of["M1"] != code_of["M2"]
+    assert await send(store, session_id, m2, [*whole(), answer(check, code_of["M1"])], LATER) == [
+        ("accepted", None)
+    ] * len(watched) + [("refused", "wrong_code")]
+    # M3 tries three wrong codes over two batches, then the right one is too late.
+    wrongs = [c for c in ("1000", "2000", "3000", "4000") if c != code_of["M3"]][:3]
+    assert await send(store, session_id, m3, [answer(check, wrongs[0])], LATER) == [
+        ("refused", "wrong_code")
+    ]
+    tail = [answer(check, wrongs[1]), answer(check, wrongs[2]), answer(check, code_of["M3"])]
+    tail_outcomes = [("refused", "wrong_code"), ("refused", "wrong_code"), ("refused", "too_many")]
+    assert await send(store, session_id, m3, whole() + tail, LATER) == watched + tail_outcomes
+    # Checks outside the recording, and organisers, are refused.
+    assert await send(store, session_id, m1, [answer(check + 50, "1234")], LATER) == [
+        ("refused", "not_in_recording")
+    ]
+    organiser = Sender(kind="organiser", source="user:1")
+    assert await send(
+        store, session_id, organiser, [{**answer(check, "1234"), "member": "M1"}], LATER
+    ) == [("invalid", "forbidden")]
+
+    async with store.read() as db:
+        report = await session_report(db, session_id, now=LATER)
+    assert [
+        (
+            r.member_no,
+            r.makeup_qualified,
+            r.makeup_presence_passed,
+            r.makeup_presence_total,
+            r.makeup_reason,
+        )
+        for r in report.rows
+    ] == [
+        ("M1", True, 1, 1, "watched 100% of the recording; passed 1 of 1 presence checks"),
+        (
+            "M2",
+            False,
+            0,
+            1,
+            "watched 100% of the recording; passed 0 of 1 presence checks (needs 1)",
+        ),
+        (
+            "M3",
+            False,
+            0,
+            1,
+            "watched 100% of the recording; passed 0 of 1 presence checks (needs 1)",
+        ),
+    ]

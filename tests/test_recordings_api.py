@@ -33,6 +33,8 @@ from attendance.models import (
     PresenceCheck,
     QuizQuestion,
     Role,
+    SessionState,
+    StudySession,
 )
 from attendance.sessions import create_session, parse_draft
 from attendance.store import Store
@@ -355,3 +357,50 @@ async def test_the_recordings_api_over_a_real_recording(
             ("user:audrey", f"session:{sid}", None),
         ]
         assert trail[1].detail["segments"] == [0, 1]
+
+        # Make-up presence checks: the check in the first segment is listed where members stop,
+        # and each member gets a picture of their own code once the session has ended, where
+        # the rule asks for it.
+        status, _, body = await _get(stage.http, stage.url(base))
+        listing = json.loads(body)
+        assert listing["makeup_presence"] is False
+        assert listing["presence_checks"] == [
+            {
+                "id": check_id,
+                "at_s": 0.5,
+                "segment": 0,
+                "position_s": 0.5,
+                "code_url": f"{base}/checks/{check_id}/code.png",
+            }
+        ]
+        code_url = stage.url(f"{base}/checks/{check_id}/code.png")
+        async with aiohttp.ClientSession() as anonymous:
+            member = stage.token(TokenRole.MEMBER)
+            status, _, body = await _get(anonymous, code_url, params={"token": member})
+            assert status == 409, body  # the session is still running
+            async with store.write() as db:
+                session = await db.get(StudySession, sid)
+                assert session is not None
+                session.state = SessionState.ENDED
+            status, _, body = await _get(anonymous, code_url, params={"token": member})
+            assert (status, json.loads(body)["error"]) == (404, "not_found")  # not asked
+            async with store.write() as db:
+                session = await db.get(StudySession, sid)
+                assert session is not None
+                session.attendance_rule = {**session.attendance_rule, "makeup_presence": True}
+            status, headers, body = await _get(anonymous, code_url, params={"token": member})
+            assert (status, headers["Content-Type"], body[:8]) == (
+                200,
+                "image/png",
+                b"\x89PNG\r\n\x1a\n",
+            )
+            status, _, _ = await _get(
+                anonymous,
+                stage.url(f"{base}/checks/{check_id + 1}/code.png"),
+                params={"token": member},
+            )
+            assert status == 404
+            status, _, body = await _get(anonymous, stage.url(base), params={"token": member})
+            assert json.loads(body)["makeup_presence"] is True
+        status, _, _ = await _get(stage.http, code_url)
+        assert status == 403  # the organiser's code would be no member's code

@@ -385,6 +385,9 @@ def row(
         "makeup_minutes": 0.0,
         "makeup_share": 0.0,
         "makeup_qualified": False,
+        "makeup_reason": "",
+        "makeup_presence_passed": 0,
+        "makeup_presence_total": 0,
     }
 
 

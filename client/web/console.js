@@ -33,6 +33,7 @@ initI18n({
     'console.f.minPresence': 'Presence checks passed (%)',
     'console.f.points': 'Points for attending',
     'console.f.recording': 'Record the broadcast',
+    'console.f.makeupPresence': 'Make-up viewers must pass the presence checks in the recording',
     'console.f.codec': 'Video codec',
     'console.save': 'Save',
     'console.saved': 'Saved.',
@@ -158,6 +159,7 @@ initI18n({
     'console.f.minPresence': '在场确认通过率（%）',
     'console.f.points': '出勤积分',
     'console.f.recording': '录制直播',
+    'console.f.makeupPresence': '补看回放时也须通过录像中的在场确认',
     'console.f.codec': '视频编码',
     'console.save': '保存',
     'console.saved': '已保存。',
@@ -480,6 +482,8 @@ function openForm(session) {
   $('f-min-share').value = Math.round((rule.min_share ?? 0.85) * 100);
   $('f-min-presence').value = Math.round((rule.min_presence_share ?? 0.66) * 100);
   $('f-points').value = rule.attendance_points ?? 10;
+  $('f-makeup-presence').checked = Boolean(rule.makeup_presence);
+  state.editingRule = rule;
   $('f-recording').checked = s.recording_enabled ?? true;
   $('f-codec').value = s.video_codec || 'h264';
   $('f-codec').disabled = Boolean(session && (session.started_at || session.state !== 'scheduled'));
@@ -499,9 +503,11 @@ function formBody() {
     expected_units: checked('unit'),
     recording_enabled: $('f-recording').checked,
     attendance_rule: {
+      ...(state.editingRule || {}), // the parts the form does not show are kept
       min_share: Number($('f-min-share').value) / 100,
       min_presence_share: Number($('f-min-presence').value) / 100,
       attendance_points: Number($('f-points').value),
+      makeup_presence: $('f-makeup-presence').checked,
     },
   };
   if (!$('f-codec').disabled) body.video_codec = $('f-codec').value;

@@ -130,6 +130,11 @@ initI18n({
     'member.makeup.done': 'You reached the end of the recording.',
     'member.makeup.value': '{minutes} min ({share}% of the recording)',
     'member.me.makeup': 'Make-up viewing',
+    'member.makeupCheck': 'Presence check in the recording',
+    'member.makeupCheckHint':
+      'A presence check was held here. Enter the code below to go on: it counts toward your make-up attendance.',
+    'member.makeupCheckSkip': 'Skip this check',
+    'member.makeup.checks': 'Presence checks in the recording: {passed} of {total} passed.',
   },
   'zh-CN': {
     'member.title': '学习会 · studycast',
@@ -239,6 +244,10 @@ initI18n({
     'member.makeup.done': '已看到回放结尾。',
     'member.makeup.value': '{minutes} 分钟（占回放 {share}%）',
     'member.me.makeup': '补看',
+    'member.makeupCheck': '回放中的在场确认',
+    'member.makeupCheckHint': '直播时在此处进行过在场确认。请输入下方代码后继续，结果计入补看出勤。',
+    'member.makeupCheckSkip': '跳过本次确认',
+    'member.makeup.checks': '回放中的在场确认：{total} 次中通过 {passed} 次。',
   },
 });
 
@@ -254,6 +263,8 @@ const els = Object.fromEntries(
     'me-name', 'me-mode', 'me-watched', 'me-presence', 'me-quiz', 'me-points', 'note-form',
     'note-text', 'note-count', 'note-result', 'outbox-status', 'makeup-card', 'makeup-video',
     'makeup-progress', 'makeup-position', 'makeup-status', 'makeup-watched', 'me-makeup',
+    'makeup-check', 'makeup-check-image', 'makeup-check-form', 'makeup-check-code',
+    'makeup-check-skip', 'makeup-check-result',
   ].map((id) => [id.replace(/-(\w)/g, (_, c) => c.toUpperCase()), $(id)]),
 );
 
@@ -292,6 +303,10 @@ const state = {
   makeup: null,
   // Per segment index: media ranges [[from, to]] accepted as watched (visible, at most 2x).
   makeupAccepted: new Map(),
+  // Presence checks met in the recording (where the rule asks): check id -> {status, detail};
+  // makeupCheck is the one the player stopped at, shown until answered or skipped.
+  makeupChecks: new Map(),
+  makeupCheck: null,
 };
 
 function serverNow() {
@@ -649,6 +664,15 @@ function onResult(event, outcome) {
     const ok = outcome.status === 'accepted' || outcome.status === 'duplicate';
     state.note = { status: ok ? 'saved' : 'refused', detail };
     if (ok && els.noteText.value === event.text) els.noteText.value = '';
+  } else if (event.type === 'makeup_presence_answer') {
+    const ok = outcome.status === 'accepted' || outcome.status === 'duplicate';
+    const status = ok ? 'passed' : refusal || 'invalid';
+    state.makeupChecks.set(event.check, { status, detail });
+    // Passed (or no longer answerable): the player goes on.
+    if (state.makeupCheck?.id === event.check && status !== 'wrong_code') {
+      state.makeupCheck = null;
+      els.makeupVideo.play().catch(() => {});
+    }
   } else if (event.type === 'makeup_progress') {
     if (outcome.status === 'accepted' && event.visible && event.rate <= MAKEUP_MAX_RATE) {
       const ranges = state.makeupAccepted.get(event.segment) || [];
@@ -758,7 +782,60 @@ function renderMakeup() {
   const position = m.status === 'ready' ? before + (video.currentTime || 0) : 0;
   els.makeupProgress.value = m.total_s > 0 ? Math.min(1, position / m.total_s) : 0;
   els.makeupPosition.textContent = m.total_s > 0 ? `${clock(position)} / ${clock(m.total_s)}` : '';
-  els.makeupWatched.textContent = makeupFigures() || '–';
+  const server = state.me?.makeup;
+  const checks = m.checks?.length && server?.presence_total
+    ? ' ' + t('member.makeup.checks', { passed: server.presence_passed, total: server.presence_total })
+    : '';
+  els.makeupWatched.textContent = (makeupFigures() || '–') + checks;
+  renderMakeupCheck();
+}
+
+function renderMakeupCheck() {
+  const check = state.makeupCheck;
+  els.makeupCheck.hidden = !check;
+  if (!check) return;
+  els.makeupCheck.dataset.check = String(check.id);
+  if (els.makeupCheckImage.dataset.check !== String(check.id)) {
+    els.makeupCheckImage.dataset.check = String(check.id);
+    els.makeupCheckImage.src = `${check.code_url}?token=${encodeURIComponent(session.token)}`;
+  }
+  const result = state.makeupChecks.get(check.id);
+  if (!result) {
+    showResult(els.makeupCheckResult, '', '');
+    return;
+  }
+  const known = ['pending', 'passed', 'wrong_code', 'replay', 'too_many'];
+  const text = known.includes(result.status)
+    ? t('member.presence.' + result.status)
+    : t('member.presence.other', { detail: result.detail || result.status });
+  els.makeupCheckResult.dataset.status = result.status;
+  showResult(els.makeupCheckResult, result.status === 'pending' ? '' : 'bad', text);
+}
+
+/** Stop the player where a presence check opened, when playback (not a seek) crosses it and
+ * the member has not passed or skipped it yet. */
+let makeupLastTime = 0;
+function stopAtMakeupCheck() {
+  const m = state.makeup;
+  const video = els.makeupVideo;
+  const now = video.currentTime || 0;
+  const before = makeupLastTime;
+  makeupLastTime = now;
+  if (!m || m.status !== 'ready' || !m.checks.length || state.makeupCheck) return;
+  if (video.seeking || now < before || now - before > 2) return; // a seek, not playback
+  const seg = m.segments[m.current];
+  const check = m.checks.find(
+    (c) =>
+      c.segment === seg.index &&
+      before <= c.position_s &&
+      c.position_s <= now &&
+      !['passed', 'replay', 'too_many', 'skipped', 'pending'].includes(state.makeupChecks.get(c.id)?.status),
+  );
+  if (!check) return;
+  video.pause();
+  state.makeupCheck = check;
+  renderMakeup();
+  els.makeupCheckCode.focus();
 }
 
 function startMakeup() {
@@ -782,6 +859,8 @@ async function loadRecording() {
       segments,
       current: 0,
       total_s: segments.reduce((sum, s) => sum + (s.duration_s || 0), 0),
+      // Where the rule asks: the presence checks to stop at, [{id, segment, position_s, code_url}].
+      checks: data.makeup_presence ? data.presence_checks || [] : [],
     };
     if (segments.length) loadSegment(0, false);
   } catch (error) {
@@ -807,6 +886,7 @@ function loadSegment(position, play) {
   reportMakeup(); // what was played of the segment before: played ranges reset with the source
   const m = state.makeup;
   m.current = position;
+  makeupLastTime = 0;
   const url = new URL(m.segments[position].url, location.href);
   url.searchParams.set('token', session.token);
   els.makeupVideo.src = url.pathname + url.search;
@@ -851,8 +931,37 @@ function wireMakeup() {
     reportMakeup();
     renderMakeup();
   });
-  video.addEventListener('play', renderMakeup);
-  video.addEventListener('timeupdate', renderMakeup);
+  video.addEventListener('play', () => {
+    if (state.makeupCheck) video.pause(); // answer or skip the check first
+    makeupLastTime = video.currentTime || 0;
+    renderMakeup();
+  });
+  video.addEventListener('timeupdate', () => {
+    stopAtMakeupCheck();
+    renderMakeup();
+  });
+  video.addEventListener('seeked', () => {
+    makeupLastTime = video.currentTime || 0;
+  });
+  els.makeupCheckForm.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const code = els.makeupCheckCode.value.trim();
+    const check = state.makeupCheck;
+    if (!check || !code || !outbox) return;
+    reportMakeup(); // the media up to the check, so its opening counts as watched
+    outbox.add({ type: 'makeup_presence_answer', check: check.id, code });
+    state.makeupChecks.set(check.id, { status: 'pending' });
+    els.makeupCheckCode.value = '';
+    renderMakeup();
+  });
+  els.makeupCheckSkip.addEventListener('click', () => {
+    const check = state.makeupCheck;
+    if (!check) return;
+    state.makeupChecks.set(check.id, { status: 'skipped' });
+    state.makeupCheck = null;
+    renderMakeup();
+    video.play().catch(() => {});
+  });
   video.addEventListener('ratechange', () => {
     reportMakeup(); // at the rate it played until now
     makeupRate = video.playbackRate;

@@ -88,6 +88,11 @@ def session() -> None:
     show_default=True,
     help="Presence checks a member must pass to qualify.",
 )
+@click.option(
+    "--makeup-presence",
+    is_flag=True,
+    help="Make-up viewers of the recording must pass its presence checks too.",
+)
 @json_option
 def create(
     title: str,
@@ -102,6 +107,7 @@ def create(
     min_share: float,
     min_presence_share: float,
     min_presence: int,
+    makeup_presence: bool,
     as_json: bool,
 ) -> None:
     """Schedule a session called TITLE."""
@@ -122,6 +128,7 @@ def create(
                 "min_share": min_share,
                 "min_presence_share": min_presence_share,
                 "min_presence_passed": min_presence,
+                "makeup_presence": makeup_presence,
             },
         }
     )
@@ -270,6 +277,12 @@ def show(session_id: int, as_json: bool) -> None:
         f"  qualifies:  watched >= {rule.get('min_share', 0):.0%} of live time, "
         f"presence checks passed >= {rule.get('min_presence_share', 0):.0%} of those given"
         + (f", at least {rule['min_presence_passed']}" if rule.get("min_presence_passed") else ""),
+        "  make-up:    "
+        + (
+            "share of the recording, and its presence checks"
+            if rule.get("makeup_presence")
+            else "share of the recording"
+        ),
     ]
     if info["description"]:
         lines.append(f"  about:      {info['description']}")
