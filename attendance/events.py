@@ -111,6 +111,19 @@ class MakeupPresenceAnswer(_Event):
     code: Annotated[StrictStr, Field(min_length=1, max_length=16)]
 
 
+class BroadcasterStatus(_Event):
+    """The publishing client's own view of its broadcast (``studycast publish``): its state and,
+    while live, what it sends. Stored as the broadcaster's side of the record."""
+
+    type: Literal["broadcaster_status"]
+    state: Literal["connecting", "live", "reconnecting", "ended"]
+    source: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    bitrate_kbps: StrictFloat | None = Field(None, ge=0, le=1_000_000, allow_inf_nan=False)
+    fps: StrictFloat | None = Field(None, ge=0, le=1000, allow_inf_nan=False)
+    rtt_ms: StrictFloat | None = Field(None, ge=0, le=600_000, allow_inf_nan=False)
+    detail: Annotated[StrictStr, Field(max_length=500)] | None = None
+
+
 ClientEvent = Annotated[
     Heartbeat
     | CheckIn
@@ -119,7 +132,8 @@ ClientEvent = Annotated[
     | QuizAnswerEvent
     | StudyNoteEvent
     | MakeupProgress
-    | MakeupPresenceAnswer,
+    | MakeupPresenceAnswer
+    | BroadcasterStatus,
     Field(discriminator="type"),
 ]
 KINDS = (
@@ -131,6 +145,7 @@ KINDS = (
     "study_note",
     "makeup_progress",
     "makeup_presence_answer",
+    "broadcaster_status",
 )
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(ClientEvent)
 

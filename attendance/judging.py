@@ -20,6 +20,7 @@ from attendance import checkin, makeup, presence, quiz
 from attendance.clock import as_utc
 from attendance.errors import Forbidden, InvalidInput, StudycastError
 from attendance.events import (
+    BroadcasterStatus,
     CheckIn,
     CheckOut,
     ClientEvent,
@@ -134,6 +135,10 @@ class Context:
 def _subject(ctx: Context, event: ClientEvent) -> tuple[int | None, str | None]:
     """The member an event is about (id, number), checked against who sent it."""
     sender = ctx.sender
+    if sender.kind == "broadcaster":
+        if event.member is not None:
+            raise Forbidden("member: a broadcaster sends events only about its broadcast")
+        return None, None
     if sender.kind == "member":
         if event.member is not None:
             raise Forbidden("member: a member sends events only for themselves")
@@ -207,6 +212,12 @@ async def _apply(
     member_id: int | None,
     happened: datetime,
 ) -> dict[str, Any]:
+    if (ctx.sender.kind == "broadcaster") != isinstance(event, BroadcasterStatus):
+        raise Forbidden(
+            "type: a broadcaster sends only broadcaster_status, and only a broadcaster sends it"
+        )
+    if isinstance(event, BroadcasterStatus):
+        return {"ok": True}
     if isinstance(event, Heartbeat):
         if member_id is None and ctx.sender.kind != "venue":
             raise InvalidInput("member: a heartbeat names the member it is for")

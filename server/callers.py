@@ -23,6 +23,7 @@ MEMBER = "member"
 VENUE = "venue"
 ORGANISER = "organiser"
 AUDITOR = "auditor"
+BROADCASTER = "broadcaster"  # a publish token: its own status reports only
 
 _ROLE_AUDIENCE = {
     Role.ORGANISER: ORGANISER,
@@ -70,7 +71,7 @@ MEMBERS = web.AppKey("studycast.member_cache", MemberCache)
 class Caller:
     """An authenticated caller of one session's endpoints."""
 
-    audience: str  # member | venue | organiser | auditor
+    audience: str  # member | venue | organiser | auditor | broadcaster
     actor: str  # member:1001 | venue:bj-1 | user:alice
     session_id: int
     member_id: int | None = None
@@ -122,10 +123,12 @@ async def _token_caller(request: web.Request, session_id: int, token: str) -> Ca
         request.config_dict[SETTINGS].resolved_secret_key(),
         token,
         session_id=session_id,
-        roles=frozenset({TokenRole.MEMBER, TokenRole.VENUE}),
+        roles=frozenset({TokenRole.MEMBER, TokenRole.VENUE, TokenRole.BROADCASTER}),
         now=request.config_dict[CLOCK](),
     )
     kind, _, name = claims.subject.partition(":")
+    if claims.role is TokenRole.BROADCASTER:
+        return Caller(BROADCASTER, "broadcaster", session_id)
     if claims.role is TokenRole.MEMBER and kind == "member":
         member = await _member(request, name)
         if member is None or not member.active:

@@ -37,7 +37,15 @@ from attendance.questions import question_state
 from attendance.sessions import get_session
 from server.api import id_param, public_base
 from server.auth import CLOCK, SETTINGS, STORE, token_or_login
-from server.callers import AUDITOR, MEMBER, ORGANISER, VENUE, Caller, session_caller
+from server.callers import (
+    AUDITOR,
+    BROADCASTER,
+    MEMBER,
+    ORGANISER,
+    VENUE,
+    Caller,
+    session_caller,
+)
 from server.http_errors import read_json_object
 from server.ingest_queue import IngestQueue
 from server.live import stream
@@ -51,7 +59,7 @@ INGEST_QUEUE = web.AppKey("studycast.ingest_queue", IngestQueue)
 
 ALL = frozenset({MEMBER, VENUE, ORGANISER, AUDITOR})
 STAFF = frozenset({ORGANISER, AUDITOR})
-SENDERS = frozenset({MEMBER, VENUE, ORGANISER})
+SENDERS = frozenset({MEMBER, VENUE, ORGANISER, BROADCASTER})
 
 
 async def caller_for(request: web.Request, audiences: frozenset[str]) -> tuple[int, Caller]:

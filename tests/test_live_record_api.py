@@ -31,6 +31,7 @@ from attendance.models import AttendanceEvent, Member, SessionResult
 from attendance.store import Store
 from server.app import create_app
 from server.callers import MEMBER_TTL_S
+from server.tokens import TokenRole, issue
 
 
 @pytest.fixture
@@ -163,7 +164,7 @@ async def test_bad_events_fail_one_by_one_and_late_ones_are_flagged(world: World
     assert details[1] == "heartbeat.visible: Input should be a valid boolean"
     assert details[2] == (
         "type: must be one of heartbeat, check_in, check_out, presence_answer, quiz_answer, "
-        "study_note, makeup_progress, makeup_presence_answer, not 'dance'"
+        "study_note, makeup_progress, makeup_presence_answer, broadcaster_status, not 'dance'"
     )
     assert details[3] == (
         f"at: {(now + timedelta(minutes=10)).isoformat()} is in the future "
@@ -241,6 +242,58 @@ async def test_who_may_send_and_read_what(world: World) -> None:
     ]
     # The auditor may read.
     assert (await c.get(f"{base}/attendance", headers=w.auditor)).status == 200
+
+
+async def test_a_publish_token_sends_only_its_own_status_reports(world: World) -> None:
+    w = world
+    c, base = w.client, w.base
+    broadcaster = {
+        "Authorization": "Bearer "
+        + issue(
+            SECRET,
+            session_id=w.session_id,
+            role=TokenRole.BROADCASTER,
+            subject=f"session:{w.session_id}",
+            now=w.clock(),
+        )
+    }
+    status = event(
+        "broadcaster_status",
+        w.clock(),
+        state="live",
+        source="file clip.webm",
+        bitrate_kbps=1800.5,
+        fps=30.0,
+        rtt_ms=12.0,
+    )
+    report = await w.send(
+        broadcaster,
+        status,
+        event("heartbeat", w.clock()),
+        event("broadcaster_status", w.clock(), state="live", source="x", member="M1"),
+        event("broadcaster_status", w.clock(), state="dancing", source="x"),
+    )
+    assert [(o["status"], (o.get("error") or {}).get("code")) for o in report["results"]] == [
+        ("accepted", None),
+        ("invalid", "forbidden"),
+        ("invalid", "forbidden"),
+        ("invalid", "invalid_input"),
+    ]
+    stored = await w.stored(status["id"])
+    assert (stored.kind, stored.source, stored.member_id) == (
+        "broadcaster_status",
+        "broadcaster",
+        None,
+    )
+    assert stored.payload["bitrate_kbps"] == 1800.5 and stored.payload["state"] == "live"
+    # Nobody else sends it; the publish token reads nothing.
+    outcome = await w.send_one(
+        w.member("M1"), event("broadcaster_status", w.clock(), state="live", source="x")
+    )
+    assert (outcome["status"], outcome["error"]["code"]) == ("invalid", "forbidden")
+    for path in ("/me", "/attendance", "/events/stream"):
+        r = await c.get(f"{base}{path}", headers=broadcaster)
+        assert (r.status, (await r.json())["error"]) == (403, "forbidden"), path
 
 
 async def test_a_replaced_personal_link_is_revoked(world: World) -> None:
