@@ -9,12 +9,14 @@ from server.cli.common import settings_options
 from server.cli.db import db
 from server.cli.directory import unit, venue
 from server.cli.loadtest import loadtest as loadtest_command
+from server.cli.publish import publish
 from server.cli.report import report
 from server.cli.retention import retention
 from server.cli.roster import roster
 from server.cli.serve import serve
 from server.cli.sessions import session
 from server.cli.users import user
+from server.cli.watch import watch
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -35,5 +37,7 @@ for command in (
     audit,
     retention,
     loadtest_command,
+    publish,
+    watch,
 ):
     main.add_command(command)
