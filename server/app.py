@@ -43,8 +43,9 @@ from server.record_api import INGEST_QUEUE
 from server.record_tasks import DIRTY_QUESTIONS, EvidenceSampler, run_retention, run_ticker
 from server.relay.ice import advertise_addresses
 from server.relay.relay import Relay
+from server.relay.upstream import EdgeFeeds
 from server.settings import Settings
-from server.whip import RECORDINGS, RELAY
+from server.whip import EDGE_FEEDS, RECORDINGS, RELAY
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +101,15 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
     live = app[LIVE]
 
     def on_state(session_id: int, state: str) -> None:
+        if settings.is_edge:
+            # The origin records and announces the broadcast's state; an edge only follows it.
+            return
         recorder(session_id, state)
         publish_session_state(live, session_id, state)
 
     app[RELAY] = Relay(max_viewers=settings.max_viewers, on_state=on_state)
+    if settings.origin_url and settings.node_token:
+        app[EDGE_FEEDS] = EdgeFeeds(settings.origin_url, settings.node_token)
     app[RECORDINGS] = Recordings(store, settings.data_dir, clock)
     app[METRICS].registry.register(RelayCollector(app[RELAY].totals))
     app.cleanup_ctx.append(_store_lifetime)
@@ -149,28 +155,43 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
     settings, store, relay, clock = app[SETTINGS], app[STORE], app[RELAY], app[CLOCK]
     tasks = [
         asyncio.create_task(follow_ended_sessions(store, relay)),
+        # Every node records the media its own viewers received.
         asyncio.create_task(EvidenceSampler(store, relay, clock).run(settings.evidence_interval_s)),
-        asyncio.create_task(
-            run_retention(
-                store,
-                clock,
-                raw_events_days=settings.retention_raw_events_days,
-                recordings_days=settings.retention_recordings_days,
-                recordings_root=settings.data_dir,
+    ]
+    if not settings.is_edge:
+        # Work done once for everyone: by the origin.
+        tasks.append(
+            asyncio.create_task(
+                run_retention(
+                    store,
+                    clock,
+                    raw_events_days=settings.retention_raw_events_days,
+                    recordings_days=settings.retention_recordings_days,
+                    recordings_root=settings.data_dir,
+                )
             )
-        ),
+        )
+    tasks.append(
         asyncio.create_task(
             run_ticker(
-                store, app[LIVE], relay, clock, settings.tick_interval_s, app[DIRTY_QUESTIONS]
+                store,
+                app[LIVE],
+                relay,
+                clock,
+                settings.tick_interval_s,
+                app[DIRTY_QUESTIONS],
+                origin=not settings.is_edge,
             )
-        ),
-    ]
+        )
+    )
     yield
     for task in tasks:
         task.cancel()
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    if EDGE_FEEDS in app:
+        await app[EDGE_FEEDS].close()
     await app[INGEST_QUEUE].close()
     await app[LIVE].close()
     await app[RELAY].close()

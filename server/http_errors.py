@@ -61,12 +61,19 @@ class Overloaded(StudycastError):
         self.retry_after = retry_after
 
 
+class OriginUnreachable(StudycastError):
+    """An edge could not pass a request on to its origin (502)."""
+
+    code = "origin_unreachable"
+
+
 # Looked up along the exception's MRO, so the most specific family wins.
 STATUS_BY_FAMILY: dict[type, int] = {
     TooManyAttempts: 429,
     UnsupportedMediaType: 415,
     BodyTooLarge: 413,
     Overloaded: 503,
+    OriginUnreachable: 502,
     Forbidden: 403,
     AuthError: 401,
     InvalidInput: 400,

@@ -213,15 +213,20 @@ async def run_ticker(
     clock: Clock,
     interval: float,
     dirty: set[tuple[int, int]],
+    *,
+    origin: bool = True,
 ) -> None:
-    """Tick every ``interval`` seconds and publish counts every few seconds, until cancelled."""
+    """Tick every ``interval`` seconds and publish counts every few seconds, until cancelled.
+    An edge (``origin=False``) only publishes the results of the answers it took in: the
+    origin runs timers and counts for everyone."""
     last_counts = 0.0
     while True:
         await asyncio.sleep(interval)
         try:
-            await tick(store, hub, clock)
+            if origin:
+                await tick(store, hub, clock)
             await publish_results(store, hub, dirty, clock)
-            if time.monotonic() - last_counts >= COUNTS_EVERY_S:
+            if origin and time.monotonic() - last_counts >= COUNTS_EVERY_S:
                 last_counts = time.monotonic()
                 for session_id in hub.active_sessions():
                     counts = await live_counts(store, relay, session_id)

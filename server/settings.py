@@ -8,7 +8,7 @@ import secrets
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from attendance.errors import InvalidInput
@@ -60,8 +60,23 @@ class Settings(BaseSettings):
     tick_interval_s: float = Field(
         1.0, ge=0.05, le=60, description="how often due presence checks and quiz timers are run"
     )
+    origin_url: str | None = Field(
+        None,
+        description="run as an edge of this origin (its base URL): media is pulled from it "
+        "over WHEP, once per live session; the record store must be the origin's PostgreSQL",
+    )
+    node_token: str | None = Field(
+        None, description="the token this edge pulls media with (`studycast node token NAME`)"
+    )
+    node_name: str | None = Field(
+        None,
+        description="this node's name in /api/nodes and metrics; default: 'origin', or the "
+        "node token's name on an edge",
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    )
 
-    @field_validator("public_base_url")
+    @field_validator("public_base_url", "origin_url")
     @classmethod
     def _check_base_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -94,6 +109,37 @@ class Settings(BaseSettings):
         if value is not None and len(value) < 32:
             raise ValueError("must be at least 32 characters")
         return value
+
+    @model_validator(mode="after")
+    def _check_edge(self) -> Settings:
+        if self.origin_url and not self.node_token:
+            raise ValueError("an edge (origin_url set) needs node_token to pull media with")
+        if self.node_token and not self.origin_url:
+            raise ValueError("node_token is only used by an edge: set origin_url too")
+        return self
+
+    @property
+    def is_edge(self) -> bool:
+        return self.origin_url is not None
+
+    def resolved_node_name(self) -> str:
+        """This node's name: as configured, else the edge token's subject, else 'origin'."""
+        if self.node_name:
+            return self.node_name
+        if self.node_token:
+            import jwt
+
+            try:
+                subject = str(
+                    jwt.decode(self.node_token, options={"verify_signature": False})["sub"]
+                )
+            except (jwt.PyJWTError, KeyError):
+                subject = ""
+            kind, _, name = subject.partition(":")
+            if kind == "node" and name:
+                return name
+            return "edge"
+        return "origin"
 
     def sqlite_path(self) -> Path:
         """The embedded store's file, used when no database URL is configured."""

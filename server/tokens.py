@@ -26,8 +26,12 @@ class TokenRole(enum.StrEnum):
     VIEWER = "viewer"  # the session's shared viewer link
     VENUE = "venue"
     MEMBER = "member"
+    # An edge node (or another worker process) pulling a session's media from this node; not
+    # scoped to one session (``sid`` 0), never a viewer seat, never attendance evidence.
+    NODE = "node"
 
 
+NODE_SESSION = 0  # the ``sid`` of node tokens: any session
 VIEWER_ROLES = frozenset({TokenRole.VIEWER, TokenRole.VENUE, TokenRole.MEMBER})
 
 
@@ -106,7 +110,7 @@ def verify(
         raise AuthError("the token's claims are malformed", code="invalid_token") from None
     if expires <= now:
         raise AuthError("the token has expired", code="token_expired")
-    if sid != session_id:
+    if sid != session_id and not (role is TokenRole.NODE and sid == NODE_SESSION):
         raise Forbidden(f"this token is for session {sid}, not {session_id}", code="wrong_session")
     if role not in roles:
         allowed = ", ".join(sorted(r.value for r in roles))
@@ -114,6 +118,18 @@ def verify(
             f"a {role.value} token cannot do this (needs: {allowed})", code="wrong_role"
         )
     return TokenClaims(sid, role, subject, expires, version)
+
+
+def issue_node_token(secret: str, name: str, *, now: datetime, ttl: timedelta) -> str:
+    """A token for the node called ``name`` to pull any session's media from this one."""
+    return issue(
+        secret,
+        session_id=NODE_SESSION,
+        role=TokenRole.NODE,
+        subject=f"node:{name}",
+        now=now,
+        ttl=ttl,
+    )
 
 
 def bearer(header: str | None) -> str:

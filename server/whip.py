@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from sqlalchemy import select
@@ -19,16 +20,25 @@ from attendance.errors import Conflict, NotFound
 from attendance.models import SessionState, StudySession
 from recordings import Recordings
 from server.auth import CLOCK, SETTINGS, STORE, public
-from server.http_errors import BodyTooLarge, Overloaded, UnsupportedMediaType
+from server.http_errors import (
+    BodyTooLarge,
+    OriginUnreachable,
+    Overloaded,
+    UnsupportedMediaType,
+)
 from server.relay.codecs import MAX_SDP_BYTES
 from server.relay.fanout import SessionRelay
 from server.relay.relay import Relay
+from server.relay.upstream import EdgeFeeds
 from server.tokens import VIEWER_ROLES, TokenClaims, TokenRole, bearer, verify
 
 log = logging.getLogger(__name__)
 
 RELAY = web.AppKey("studycast.relay", Relay)
 RECORDINGS = web.AppKey("studycast.recordings", Recordings)
+# On an edge: the feeds pulled from the origin (absent on the origin).
+EDGE_FEEDS = web.AppKey("studycast.edge_feeds", EdgeFeeds)
+PROXY_TIMEOUT_S = 15.0
 SDP = "application/sdp"
 RETRY_AFTER_FULL_S = 30
 CORS_HEADERS = {
@@ -114,6 +124,9 @@ async def whip_publish(request: web.Request) -> web.Response:
     """Start (or take over) the broadcast of a session."""
     session_id = _session_id(request)
     _claims(request, session_id, frozenset({TokenRole.BROADCASTER}))
+    if EDGE_FEEDS in request.config_dict:
+        # The broadcaster belongs to the origin: an edge passes the offer on.
+        return await _to_origin(request)
     hub = await _session_hub(request, session_id)
     # Every broadcaster connection is recorded while the session's recording switch is on.
     await request.config_dict[RECORDINGS].attach(hub)
@@ -131,22 +144,62 @@ async def whip_publish(request: web.Request) -> web.Response:
 async def whep_play(request: web.Request) -> web.Response:
     """Start playing a session (before its broadcast starts, too)."""
     session_id = _session_id(request)
-    claims = _claims(request, session_id, VIEWER_ROLES)
+    claims = _claims(request, session_id, VIEWER_ROLES | {TokenRole.NODE})
     relay = request.config_dict[RELAY]
     hub = await _session_hub(request, session_id)
+    # An edge pulling the session is not a viewer seat: it is capped on the edge itself.
+    seat = claims.role is not TokenRole.NODE
     # The place is taken before negotiating, so concurrent offers cannot pass the cap together.
-    if not relay.reserve_viewer():
+    if seat and not relay.reserve_viewer():
         raise Overloaded(
             f"this node serves its maximum of {relay.max_viewers} viewers",
             retry_after=RETRY_AFTER_FULL_S,
         )
     try:
         offer = await _read_offer(request)
-        resource, answer = await hub.add_viewer(offer, claims.role.value, claims.subject)
+        kind = claims.role.value if seat else "edge"
+        resource, answer = await hub.add_viewer(offer, kind, claims.subject)
     finally:
-        relay.release_viewer()
+        if seat:
+            relay.release_viewer()
         relay.prune(session_id)
+    feeds = request.config_dict.get(EDGE_FEEDS)
+    if feeds is not None:
+        feeds.ensure(hub)  # this node's viewers are fed from the origin
     return _created(f"/whep/{session_id}/{resource}", answer)
+
+
+async def _to_origin(request: web.Request) -> web.Response:
+    """Pass a WHIP request on to the origin and its answer back (``Location`` stays a path,
+    so the broadcaster's DELETE comes here and is passed on too)."""
+    feeds = request.config_dict[EDGE_FEEDS]
+    headers = {
+        name: value
+        for name, value in request.headers.items()
+        if name.lower() in ("authorization", "content-type", "if-match")
+    }
+    body = await request.read() if request.can_read_body else None
+    try:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(
+                request.method,
+                feeds.origin_url + request.rel_url.path,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S),
+                allow_redirects=False,
+            ) as answer,
+        ):
+            content = await answer.read()
+            passed = {
+                name: value
+                for name, value in answer.headers.items()
+                if name.lower() in ("location", "content-type", "etag", "retry-after")
+            }
+            return web.Response(status=answer.status, body=content, headers=passed)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise OriginUnreachable(f"the origin {feeds.origin_url} did not answer: {exc}") from exc
 
 
 def _resource_handler(
@@ -157,6 +210,8 @@ def _resource_handler(
     async def delete(request: web.Request) -> web.Response:
         session_id = _session_id(request)
         _claims(request, session_id, roles)
+        if TokenRole.BROADCASTER in roles and EDGE_FEEDS in request.config_dict:
+            return await _to_origin(request)
         hub = request.config_dict[RELAY].sessions.get(session_id)
         resource = request.match_info["resource"]
         if hub is None or not await remove(hub, resource):
@@ -189,7 +244,7 @@ def add_routes(app: web.Application) -> None:
     app.add_routes(routes)
     for prefix, roles, remove in (
         ("/whip", frozenset({TokenRole.BROADCASTER}), _remove_broadcaster),
-        ("/whep", VIEWER_ROLES, _remove_viewer),
+        ("/whep", VIEWER_ROLES | {TokenRole.NODE}, _remove_viewer),
     ):
         app.router.add_route("OPTIONS", prefix + "/{session_id}", preflight)
         resource = prefix + "/{session_id}/{resource}"

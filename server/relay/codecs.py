@@ -23,9 +23,10 @@ H264_PROFILES = ("42e01f", "42001f")
 VIDEO_NAMES = {"vp8": "VP8", "h264": "H264"}
 
 
-def _capabilities(kind: str) -> list[RTCRtpCodecCapability]:
-    capabilities = RTCRtpReceiver.getCapabilities(kind)
-    return [] if capabilities is None else list(capabilities.codecs)
+def capabilities(kind: str) -> list[RTCRtpCodecCapability]:
+    """Every codec aiortc can negotiate for ``kind``."""
+    found = RTCRtpReceiver.getCapabilities(kind)
+    return [] if found is None else list(found.codecs)
 
 
 def parse_offer(text: str) -> SessionDescription:
@@ -71,7 +72,15 @@ async def negotiate(pc: RTCPeerConnection, offer_sdp: str) -> str:
     return str(pc.localDescription.sdp)
 
 
-def _h264_profile(parameters: Mapping[str, object]) -> str:
+async def apply_answer(pc: RTCPeerConnection, answer_sdp: str) -> None:
+    """Apply the far end's answer to our offer; an unusable one is a 400-like ``bad_sdp``."""
+    try:
+        await pc.setRemoteDescription(RTCSessionDescription(answer_sdp, "answer"))
+    except (ValueError, AttributeError, KeyError, IndexError, TypeError, OperationError) as exc:
+        raise InvalidInput(f"the SDP answer cannot be used: {exc}", code="bad_sdp") from None
+
+
+def h264_profile(parameters: Mapping[str, object]) -> str:
     return str(parameters.get("profile-level-id", "42e01f")).lower()
 
 
@@ -102,7 +111,7 @@ def choose_video(
             return ""
     else:
         offered_profiles = {
-            _h264_profile(p)[:4]: _h264_profile(p)
+            h264_profile(p)[:4]: h264_profile(p)
             for n, p in offered
             if n == "H264" and str(p.get("packetization-mode", "0")) == "1"
         }
@@ -140,13 +149,13 @@ def video_preferences(session_codec: str, profile: str) -> list[RTCRtpCodecCapab
     name = VIDEO_NAMES[session_codec]
     return [
         c
-        for c in _capabilities("video")
-        if c.name.upper() == name and (name != "H264" or _h264_profile(c.parameters) == profile)
+        for c in capabilities("video")
+        if c.name.upper() == name and (name != "H264" or h264_profile(c.parameters) == profile)
     ]
 
 
 def audio_preferences() -> list[RTCRtpCodecCapability]:
-    return [c for c in _capabilities("audio") if c.name.lower() == "opus"]
+    return [c for c in capabilities("audio") if c.name.lower() == "opus"]
 
 
 def prefer(transceiver: RTCRtpTransceiver, codecs: list[RTCRtpCodecCapability]) -> None:

@@ -78,11 +78,10 @@ class SessionRelay:
         """Accept a broadcaster; a live one is replaced (that is how broadcasters reconnect)."""
         if self.state == "ended":
             raise Conflict("the session has ended", code="session_ended")
-        self._epoch += 1
         ingest = Ingest(
             resource_id=secrets.token_urlsafe(12),
             session_codec=self.video_codec,
-            epoch=self._epoch,
+            epoch=self.next_epoch(),
             sink=self._forward,
             on_gone=self._broadcaster_gone,
         )
@@ -91,6 +90,17 @@ class SessionRelay:
         except BaseException:
             await ingest.close()
             raise
+        await self.take_source(ingest)
+        return ingest.resource_id, answer
+
+    def next_epoch(self) -> int:
+        """A number for the next source connection (it keeps sources' SSRCs apart)."""
+        self._epoch += 1
+        return self._epoch
+
+    async def take_source(self, ingest: Ingest) -> None:
+        """Make a negotiated source (a broadcaster, or an edge's upstream) the one viewers get;
+        the previous one is closed."""
         previous, self.ingest = self.ingest, ingest
         self.broadcasters_seen += 1
         if ingest.profile:
@@ -104,7 +114,14 @@ class SessionRelay:
             viewer.expect_keyframe(now)
         self._set_state("live")
         self._ensure_watch()
-        return ingest.resource_id, answer
+
+    async def forward(self, packet: SourcePacket) -> None:
+        """Where a source hands its packets (``Ingest``'s sink)."""
+        await self._forward(packet)
+
+    def source_gone(self, ingest: Ingest) -> None:
+        """What a source calls when its connection has ended."""
+        self._broadcaster_gone(ingest)
 
     async def remove_broadcaster(self, resource_id: str) -> bool:
         if self.ingest is None or self.ingest.resource_id != resource_id:
