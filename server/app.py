@@ -9,15 +9,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg  # type: ignore[import-untyped]
 from aiohttp import web
 
 import client
 from attendance.clock import Clock, utcnow
 from attendance.errors import StoreError
-from attendance.store import Store
+from attendance.store import Store, is_sqlite, normalise_url
 from recordings import Recordings, recover
 from server import (
     api,
@@ -37,6 +39,7 @@ from server.callers import MEMBERS, MemberCache
 from server.http_errors import error_middleware
 from server.ingest_queue import IngestQueue
 from server.live import LiveHub
+from server.live_bus import LiveBus
 from server.live_events import LIVE, publish_session_state
 from server.metrics import METRICS, Metrics, RelayCollector, count_requests, metrics_endpoint
 from server.record_api import INGEST_QUEUE
@@ -145,6 +148,20 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
     """The media relay and its state recorder live as long as the app; peers close first."""
     app[STATE_RECORDER].start()
     app[INGEST_QUEUE].start()
+    settings = app[SETTINGS]
+    bus: LiveBus | None = None
+    if not is_sqlite(normalise_url(settings.resolved_database_url())):
+        # Nodes sharing the PostgreSQL store share their live events through it.
+        bus = LiveBus(
+            settings.resolved_database_url(),
+            app[LIVE],
+            f"{settings.resolved_node_name()}:{secrets.token_hex(4)}",
+        )
+        try:
+            await bus.start()
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.error("live events will not reach other nodes: %s", exc)
+            bus = None
     # Segments a crash left open are completed before any new recording starts.
     try:
         await recover(app[STORE], app[SETTINGS].data_dir, now=app[CLOCK]())
@@ -152,7 +169,7 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
         # The server still starts (and says it is unhealthy); the next start tries again.
         log.error("could not complete recordings left open: %s", exc.detail)
     app[RECORDINGS].start()
-    settings, store, relay, clock = app[SETTINGS], app[STORE], app[RELAY], app[CLOCK]
+    store, relay, clock = app[STORE], app[RELAY], app[CLOCK]
     tasks = [
         asyncio.create_task(follow_ended_sessions(store, relay)),
         # Every node records the media its own viewers received.
@@ -192,6 +209,8 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
             await task
     if EDGE_FEEDS in app:
         await app[EDGE_FEEDS].close()
+    if bus is not None:
+        await bus.close()
     await app[INGEST_QUEUE].close()
     await app[LIVE].close()
     await app[RELAY].close()

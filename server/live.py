@@ -38,6 +38,9 @@ _RETRY_HINT = f"retry: {RETRY_MS}\r\n\r\n".encode()
 _LINE_BREAK = re.compile(r"[\r\n\0]")
 
 
+PublishListener = Callable[[int, str, dict[str, Any], frozenset[str]], None]
+
+
 @dataclass(frozen=True)
 class LiveEvent:
     """One thing that happened in a session, for the audiences allowed to know it."""
@@ -141,6 +144,8 @@ class LiveHub:
         self._queue_size = queue_size
         self._sessions: dict[int, _Session] = {}
         self._closed = False
+        # Told of every event published here (not of forwarded ones): the bus to other nodes.
+        self.on_publish: PublishListener | None = None
 
     def publish(
         self,
@@ -149,11 +154,13 @@ class LiveHub:
         data: dict[str, Any],
         *,
         audience: Iterable[str] = AUDIENCES,
+        forwarded: bool = False,
     ) -> LiveEvent:
         """Record an event and offer it to the session's subscribers; never waits.
 
         ``data`` is copied and JSON-encoded here, so data JSON cannot hold fails the publisher
-        (TypeError/ValueError) rather than every stream.
+        (TypeError/ValueError) rather than every stream. ``forwarded``: the event comes from
+        another node, so it is not passed on again.
         """
         if isinstance(audience, str):
             raise ValueError(f"audience is a set of names, not the string {audience!r}")
@@ -170,6 +177,11 @@ class LiveHub:
         session.history.append(event)
         for sub in list(session.subscribers):
             sub._offer(event)
+        if self.on_publish is not None and not forwarded:
+            try:
+                self.on_publish(session_id, type, event.data, allowed)
+            except Exception:
+                log.exception("live: passing %s of session %s on failed", type, session_id)
         return event
 
     def replay(
@@ -190,6 +202,11 @@ class LiveHub:
         # The history holds consecutive seqs, so seq + 1 sits at a known index.
         missed = itertools.islice(history, seq + 1 - history[0].seq, None)
         return [event for event in missed if audience in event.audience]
+
+    def replay_all(self, session_id: int) -> list[LiveEvent]:
+        """The session's events still in the history, oldest first."""
+        session = self._sessions.get(session_id)
+        return list(session.history) if session else []
 
     def last_id(self, session_id: int) -> str:
         """The id of the session's latest event (``"<epoch>-0"`` before the first)."""

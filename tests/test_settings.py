@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 
 from server.cli import main
 from server.settings import SECRET_FILE, Settings
+from server.tokens import issue_node_token
 
 FIELDS = [name.upper() for name in Settings.model_fields]
 
@@ -52,11 +54,41 @@ def test_defaults(tmp_path: Path) -> None:
         "retention_recordings_days": None,
         "retention_raw_events_days": None,
         "tick_interval_s": 1.0,
+        "origin_url": None,
+        "node_token": None,
+        "node_name": None,
     }
+    assert (s.is_edge, s.resolved_node_name()) == (False, "origin")
     assert s.resolved_database_url() == f"sqlite:///{tmp_path.resolve()}/data/studycast.db"
     assert s.base_url() == "http://127.0.0.1:8080"
     assert s.base_url(port=9123) == "http://127.0.0.1:9123"
     assert not (tmp_path / "data").exists()  # nothing is created just by reading settings
+
+
+def test_an_edge_needs_its_origin_and_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STUDYCAST_ORIGIN_URL", "http://origin.example:8080/")
+    with pytest.raises(ValidationError, match="needs node_token"):
+        Settings()
+    token = issue_node_token("k" * 32, "edge-sh", now=datetime.now(UTC), ttl=timedelta(days=1))
+    monkeypatch.setenv("STUDYCAST_NODE_TOKEN", token)
+    edge = Settings()
+    assert (edge.is_edge, edge.origin_url, edge.resolved_node_name()) == (
+        True,
+        "http://origin.example:8080",
+        "edge-sh",
+    )
+    monkeypatch.setenv("STUDYCAST_NODE_NAME", "shanghai")
+    assert Settings().resolved_node_name() == "shanghai"
+    monkeypatch.setenv("STUDYCAST_NODE_NAME", "上海 1")
+    with pytest.raises(ValidationError, match="node_name"):
+        Settings()
+    monkeypatch.delenv("STUDYCAST_NODE_NAME")
+    monkeypatch.setenv("STUDYCAST_ORIGIN_URL", "origin.example")
+    with pytest.raises(ValidationError, match="origin_url"):
+        Settings()
+    monkeypatch.delenv("STUDYCAST_ORIGIN_URL")
+    with pytest.raises(ValidationError, match="only used by an edge"):
+        Settings()
 
 
 def test_ice_addresses(monkeypatch: pytest.MonkeyPatch) -> None:
