@@ -113,7 +113,9 @@ def verify(
     if sid != session_id and not (role is TokenRole.NODE and sid == NODE_SESSION):
         raise Forbidden(f"this token is for session {sid}, not {session_id}", code="wrong_session")
     if role not in roles:
-        allowed = ", ".join(sorted(r.value for r in roles))
+        # Node tokens are for operators' edges, not worth naming to a person holding a link.
+        named = roles - {TokenRole.NODE} or roles
+        allowed = ", ".join(sorted(r.value for r in named))
         raise Forbidden(
             f"a {role.value} token cannot do this (needs: {allowed})", code="wrong_role"
         )
