@@ -151,6 +151,8 @@ class Venue(Base):
     unit_id: Mapped[int] = mapped_column(ForeignKey("org_units.id"), index=True)
     capacity: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime]
+    # The edge node whose media the venue's screen plays (its base URL); None: the origin's.
+    edge_url: Mapped[str | None] = mapped_column(String(300))
 
     unit: Mapped[OrgUnit] = relationship()
 
@@ -454,6 +456,23 @@ class Recording(Base):
     deleted_reason: Mapped[str | None] = mapped_column(Text)
 
     __table_args__ = (UniqueConstraint("session_id", "segment_index"),)
+
+
+class Node(Base):
+    """A server process serving viewers (the origin, an edge, or one of their workers), as it
+    last reported itself: what ``GET /api/nodes`` lists. Rows are kept when a node stops; its
+    ``seen_at`` tells how long ago."""
+
+    __tablename__ = "nodes"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))  # origin | edge
+    url: Mapped[str] = mapped_column(String(300))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    seen_at: Mapped[datetime]
+    # Sessions served, viewers by kind, CPU load, capacity: see ``server.nodes``.
+    status: Mapped[dict[str, Any]]
 
 
 class AdminEvent(Base):

@@ -25,6 +25,7 @@ from server import (
     api,
     audit_api,
     auth,
+    nodes,
     points_api,
     presence_api,
     quiz_api,
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 WEB_ROOT = Path(client.__file__).parent / "web"
 HEALTH_TIMEOUT_S = 5.0
 STATE_RECORDER = web.AppKey("studycast.state_recorder", BroadcastStateRecorder)
+NODE_REPORTER = web.AppKey("studycast.node_reporter", nodes.NodeReporter)
 
 # Scripts and styles only from our own origin: no inline code, no CDN, no eval.
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -91,7 +93,7 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
     app[SETTINGS] = settings
     app[STORE] = store
     app[CLOCK] = clock
-    app[METRICS] = Metrics()
+    app[METRICS] = Metrics(settings.resolved_node_name())
     app[LOGIN_BRAKE] = LoginBrake()
     if settings.ice_addresses:
         advertise_addresses(settings.ice_addresses)
@@ -113,6 +115,15 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
     app[RELAY] = Relay(max_viewers=settings.max_viewers, on_state=on_state)
     if settings.origin_url and settings.node_token:
         app[EDGE_FEEDS] = EdgeFeeds(settings.origin_url, settings.node_token)
+    app[NODE_REPORTER] = nodes.NodeReporter(
+        store,
+        app[RELAY],
+        clock,
+        name=settings.resolved_node_name(),
+        role="edge" if settings.is_edge else "origin",
+        url=settings.base_url(),
+        feeds=app.get(EDGE_FEEDS),
+    )
     app[RECORDINGS] = Recordings(store, settings.data_dir, clock)
     app[METRICS].registry.register(RelayCollector(app[RELAY].totals))
     app.cleanup_ctx.append(_store_lifetime)
@@ -131,6 +142,7 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
     app.add_routes(report_api.routes)
     app.add_routes(audit_api.routes)
     app.add_routes(recordings_api.routes)
+    app.add_routes(nodes.routes)
     whip.add_routes(app)
     # Last, so that every route above wins over a file of the same name.
     app.router.add_get(r"/{path:[A-Za-z0-9_][A-Za-z0-9_./-]*\.[A-Za-z0-9]+}", web_file)
@@ -174,6 +186,7 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(follow_ended_sessions(store, relay)),
         # Every node records the media its own viewers received.
         asyncio.create_task(EvidenceSampler(store, relay, clock).run(settings.evidence_interval_s)),
+        asyncio.create_task(app[NODE_REPORTER].run()),
     ]
     if not settings.is_edge:
         # Work done once for everyone: by the origin.
@@ -198,6 +211,7 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
                 settings.tick_interval_s,
                 app[DIRTY_QUESTIONS],
                 origin=not settings.is_edge,
+                node=settings.resolved_node_name(),
             )
         )
     )

@@ -28,10 +28,15 @@ _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OP
 
 
 class Metrics:
-    """The counters the server keeps, in a registry of their own."""
+    """The counters the server keeps, in a registry of their own. Every series is exposed with
+    a ``node`` label naming this node, so one Prometheus can scrape the origin, its edges and
+    their workers side by side."""
 
-    def __init__(self) -> None:
+    def __init__(self, node: str = "origin") -> None:
+        self.node = node
         self.registry = CollectorRegistry()
+        self._exposed = CollectorRegistry(auto_describe=False)
+        self._exposed.register(_NodeLabel(self.registry, node))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -54,7 +59,24 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
+
+
+class _NodeLabel(Collector):
+    """Everything ``registry`` collects, each sample labelled ``node``."""
+
+    def __init__(self, registry: CollectorRegistry, node: str) -> None:
+        self._registry = registry
+        self._node = node
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self._registry.collect():
+            labelled = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+            labelled.samples = [
+                sample._replace(labels={**sample.labels, "node": self._node})
+                for sample in metric.samples
+            ]
+            yield labelled
 
 
 class RelayCollector(Collector):
@@ -74,7 +96,7 @@ class RelayCollector(Collector):
         viewers = GaugeMetricFamily(
             "studycast_relay_viewers", "Connected viewers, by kind.", labels=["kind"]
         )
-        for kind in ("viewer", "venue", "member"):
+        for kind in ("viewer", "venue", "member", "edge"):
             viewers.add_metric([kind], t["viewers"].get(kind, 0))
         yield viewers
         for name, key, text in (

@@ -94,7 +94,13 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         async with store.read() as db:
             body = await snapshot(db, session_id, caller.audience, now=clock())
         if caller.audience != MEMBER:
-            body["counts"] = await live_counts(store, request.config_dict[RELAY], session_id)
+            body["counts"] = await live_counts(
+                store,
+                request.config_dict[RELAY],
+                session_id,
+                node=request.config_dict[SETTINGS].resolved_node_name(),
+                now=clock(),
+            )
         return body
 
     return await stream(request, request.config_dict[LIVE], session_id, caller.audience, fresh)

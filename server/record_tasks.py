@@ -38,6 +38,7 @@ from server.live_events import (
     publish_presence_check,
     publish_question,
 )
+from server.nodes import viewers_elsewhere
 from server.relay.relay import Relay
 
 log = logging.getLogger(__name__)
@@ -163,14 +164,27 @@ async def tick(store: Store, hub: LiveHub, clock: Clock) -> None:
         publish_question(hub, question, now)
 
 
-async def live_counts(store: Store, relay: Relay, session_id: int) -> dict[str, Any]:
-    """Viewers by kind from the relay, and check-ins per venue from the store."""
+async def live_counts(
+    store: Store,
+    relay: Relay,
+    session_id: int,
+    *,
+    node: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Viewers by kind from the relay (with ``node``: plus those of the other nodes online),
+    and check-ins per venue from the store."""
     relay_hub = relay.sessions.get(session_id)
     viewers: dict[str, int] = {}
     if relay_hub is not None:
         for viewer in relay_hub.viewers.values():
-            viewers[viewer.kind] = viewers.get(viewer.kind, 0) + 1
+            if viewer.kind != "edge":  # an edge's pull is not a viewer: its viewers are counted
+                viewers[viewer.kind] = viewers.get(viewer.kind, 0) + 1
     async with store.read() as db:
+        if node is not None and now is not None:
+            elsewhere = await viewers_elsewhere(db, session_id, now=now, this_node=node)
+            for kind, n in elsewhere.items():
+                viewers[kind] = viewers.get(kind, 0) + n
         rows = await db.execute(
             select(Venue.slug, func.count())
             .join(SessionCheckin, SessionCheckin.venue_id == Venue.id)
@@ -215,6 +229,7 @@ async def run_ticker(
     dirty: set[tuple[int, int]],
     *,
     origin: bool = True,
+    node: str | None = None,
 ) -> None:
     """Tick every ``interval`` seconds and publish counts every few seconds, until cancelled.
     An edge (``origin=False``) only publishes the results of the answers it took in: the
@@ -229,7 +244,7 @@ async def run_ticker(
             if origin and time.monotonic() - last_counts >= COUNTS_EVERY_S:
                 last_counts = time.monotonic()
                 for session_id in hub.active_sessions():
-                    counts = await live_counts(store, relay, session_id)
+                    counts = await live_counts(store, relay, session_id, node=node, now=clock())
                     hub.publish(session_id, "counts", counts, audience=SCREENS)
         except StudycastError as exc:
             log.warning("live record tick failed: %s", exc.detail)

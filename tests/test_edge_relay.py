@@ -5,10 +5,12 @@ its last viewer has gone."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestServer
 from relay_support import (
@@ -23,7 +25,9 @@ from relay_support import (
 
 from attendance.store import Store
 from client.publisher import SignallingError, publish
+from server import nodes
 from server.app import create_app
+from server.record_tasks import live_counts
 from server.relay import upstream
 from server.tokens import TokenRole, issue_node_token
 from server.whip import EDGE_FEEDS, RELAY
@@ -138,3 +142,80 @@ async def test_a_broadcaster_at_an_edge_is_passed_on_to_the_origin(
             assert (refused.value.status, refused.value.code) == (403, "wrong_role")
         finally:
             await edge.close()
+
+
+@SQLITE_ONLY
+async def test_nodes_report_what_they_serve(
+    store: Store, tmp_path: Path, now: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(nodes, "REPORT_S", 0.2)
+    async with relay_stage(store, tmp_path / "origin", now, "vp8") as origin:
+        node_token = issue_node_token(SECRET, "edge-1", now=now, ttl=timedelta(hours=1))
+        edge_app = create_app(
+            relay_settings(tmp_path / "edge", origin_url=origin.url(""), node_token=node_token),
+            store,
+            clock=lambda: now,
+        )
+        edge = TestServer(edge_app, host="127.0.0.1")
+        await edge.start_server()
+        viewer = Watcher()
+        try:
+            csrf = await origin.log_in_organiser()
+            assert csrf
+            await origin.publish()
+            await origin.watch()  # one viewer on the origin
+            await viewer.start(
+                origin.http,
+                str(edge.make_url(f"/whep/{origin.session_id}")),
+                origin.token(TokenRole.MEMBER),
+            )
+            await viewer.wait_connected()
+            sid = str(origin.session_id)
+
+            async def listed() -> dict[str, dict[str, object]] | None:
+                r = await origin.client.get("/api/nodes")
+                assert r.status == 200, await r.text()
+                found = {n["name"]: n for n in (await r.json())["nodes"]}
+                ready = (
+                    set(found) == {"origin", "edge-1"}
+                    and found["origin"]["viewers"] == 1
+                    and found["edge-1"]["viewers"] == 1
+                )
+                return found if ready else None
+
+            found = await wait_for_async(listed, 10, "both nodes to report")
+            origin_row, edge_row = found["origin"], found["edge-1"]
+            assert (origin_row["role"], origin_row["online"]) == ("origin", True)
+            assert (edge_row["role"], edge_row["online"]) == ("edge", True)
+            assert origin_row["sessions"][sid]["by_kind"] == {"viewer": 1, "edge": 1}  # type: ignore[index]
+            assert origin_row["sessions"][sid]["source"] == "broadcaster"  # type: ignore[index]
+            assert edge_row["sessions"][sid]["by_kind"] == {"member": 1}  # type: ignore[index]
+            assert edge_row["sessions"][sid]["source"] == "upstream"  # type: ignore[index]
+            assert edge_row["pulling"] == [origin.session_id]
+            # The organiser's counts add the edge's viewers, not the edge itself.
+            counts = await live_counts(
+                store, origin.app[RELAY], origin.session_id, node="origin", now=now
+            )
+            assert counts["viewers"] == {"viewer": 1, "member": 1}
+            # Staff may list nodes; a member's link and anonymous callers may not.
+            async with aiohttp.ClientSession() as anonymous:
+                member = {"Authorization": f"Bearer {origin.token(TokenRole.MEMBER)}"}
+                statuses = [
+                    (await anonymous.get(origin.url("/api/nodes"), headers=h)).status
+                    for h in ({}, member)
+                ]
+            assert statuses == [401, 401]
+        finally:
+            await viewer.close()
+            await edge.close()
+
+
+async def wait_for_async(check, within, what):  # type: ignore[no-untyped-def]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        found = await check()
+        if found:
+            return found
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")

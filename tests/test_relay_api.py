@@ -75,12 +75,12 @@ async def test_stats_links_and_metrics_follow_the_broadcast(
         assert all(not d["waiting_for_keyframe"] for d in stats["viewer_details"])
 
         metrics = await (await stage.client.get("/metrics")).text()
-        assert 'studycast_relay_viewers{kind="viewer"} 2.0' in metrics
-        assert "studycast_relay_broadcasters 1.0" in metrics
+        assert 'studycast_relay_viewers{kind="viewer",node="origin"} 2.0' in metrics
+        assert 'studycast_relay_broadcasters{node="origin"} 1.0' in metrics
         sent = [
             float(line.split()[-1])
             for line in metrics.splitlines()
-            if line.startswith('studycast_relay_packets_out_total{media="video"}')
+            if line.startswith('studycast_relay_packets_out_total{media="video",node="origin"}')
         ]
         assert sent and sent[0] >= 60
 
@@ -93,12 +93,12 @@ async def test_stats_links_and_metrics_follow_the_broadcast(
             lambda: all(w.pc.connectionState == "closed" for w in stage.watchers), 5, "closed"
         )
         metrics = await (await stage.client.get("/metrics")).text()
-        assert 'studycast_relay_viewers{kind="viewer"} 0.0' in metrics
+        assert 'studycast_relay_viewers{kind="viewer",node="origin"} 0.0' in metrics
         # Counters never go back, even though the ended session's hub is gone.
         after = [
             float(line.split()[-1])
             for line in metrics.splitlines()
-            if line.startswith('studycast_relay_packets_out_total{media="video"}')
+            if line.startswith('studycast_relay_packets_out_total{media="video",node="origin"}')
         ]
         assert after[0] >= sent[0]
 

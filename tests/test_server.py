@@ -278,8 +278,17 @@ async def test_metrics_count_requests(client: Client) -> None:
     await client.get("/healthz")
     await client.get("/nowhere")
     text = await (await client.get("/metrics")).text()
-    assert 'studycast_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
-    assert 'studycast_http_requests_total{method="GET",route="unmatched",status="404"} 1.0' in text
+    assert (
+        'studycast_http_requests_total{method="GET",node="origin",route="/healthz",status="200"} 1.0'
+        in text
+    )
+    assert (
+        'studycast_http_requests_total{method="GET",node="origin",route="unmatched",status="404"}'
+        " 1.0" in text
+    )
+    # Every series names the node, the process collector's too.
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert samples and all('node="origin"' in line for line in samples)
 
 
 # --- the JSON API -----------------------------------------------------------------------------
