@@ -49,7 +49,8 @@ from server.relay.ice import advertise_addresses
 from server.relay.relay import Relay
 from server.relay.upstream import EdgeFeeds
 from server.settings import Settings
-from server.whip import EDGE_FEEDS, RECORDINGS, RELAY
+from server.whip import EDGE_FEEDS, RECORDINGS, RELAY, WORKER
+from server.workers import WorkerPlan
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +85,11 @@ SECURITY_HEADERS = {
 _UNCACHED_PREFIXES = ("/api/", "/healthz", "/metrics")
 
 
-def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> web.Application:
-    """The studycast web application over ``store``; it closes the store on cleanup."""
+def create_app(
+    settings: Settings, store: Store, *, clock: Clock = utcnow, worker: WorkerPlan | None = None
+) -> web.Application:
+    """The studycast web application over ``store``; it closes the store on cleanup.
+    ``worker``: this process is one of several serving the node (``server.workers``)."""
     app = web.Application(
         client_max_size=settings.max_body_bytes,
         middlewares=[count_requests, error_middleware(max_body_bytes=settings.max_body_bytes)],
@@ -112,7 +116,13 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
         recorder(session_id, state)
         publish_session_state(live, session_id, state)
 
-    app[RELAY] = Relay(max_viewers=settings.max_viewers, on_state=on_state)
+    app[RELAY] = Relay(
+        max_viewers=settings.max_viewers,
+        on_state=on_state,
+        resource_prefix=worker.prefix if worker is not None else "",
+    )
+    if worker is not None:
+        app[WORKER] = worker
     if settings.origin_url and settings.node_token:
         app[EDGE_FEEDS] = EdgeFeeds(settings.origin_url, settings.node_token)
     app[NODE_REPORTER] = nodes.NodeReporter(
@@ -120,7 +130,7 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
         app[RELAY],
         clock,
         name=settings.resolved_node_name(),
-        role="edge" if settings.is_edge else "origin",
+        role=_role(settings, worker),
         url=settings.base_url(),
         feeds=app.get(EDGE_FEEDS),
     )
@@ -148,6 +158,12 @@ def create_app(settings: Settings, store: Store, *, clock: Clock = utcnow) -> we
     app.router.add_get(r"/{path:[A-Za-z0-9_][A-Za-z0-9_./-]*\.[A-Za-z0-9]+}", web_file)
     auth.check_access_declared(app)
     return app
+
+
+def _role(settings: Settings, worker: WorkerPlan | None) -> str:
+    if worker is not None and worker.index > 0 and settings.origin_url == worker.private_url(0):
+        return "worker"  # an edge of worker 0 on the origin's machine
+    return "edge" if settings.is_edge else "origin"
 
 
 async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:

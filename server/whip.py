@@ -31,6 +31,7 @@ from server.relay.fanout import SessionRelay
 from server.relay.relay import Relay
 from server.relay.upstream import EdgeFeeds
 from server.tokens import VIEWER_ROLES, TokenClaims, TokenRole, bearer, verify
+from server.workers import WorkerPlan
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ RELAY = web.AppKey("studycast.relay", Relay)
 RECORDINGS = web.AppKey("studycast.recordings", Recordings)
 # On an edge: the feeds pulled from the origin (absent on the origin).
 EDGE_FEEDS = web.AppKey("studycast.edge_feeds", EdgeFeeds)
+# One of several worker processes of this node (absent with one process).
+WORKER = web.AppKey("studycast.worker", WorkerPlan)
 PROXY_TIMEOUT_S = 15.0
 SDP = "application/sdp"
 RETRY_AFTER_FULL_S = 30
@@ -172,7 +175,11 @@ async def whep_play(request: web.Request) -> web.Response:
 async def _to_origin(request: web.Request) -> web.Response:
     """Pass a WHIP request on to the origin and its answer back (``Location`` stays a path,
     so the broadcaster's DELETE comes here and is passed on too)."""
-    feeds = request.config_dict[EDGE_FEEDS]
+    return await _pass_on(request, request.config_dict[EDGE_FEEDS].origin_url)
+
+
+async def _pass_on(request: web.Request, base_url: str) -> web.Response:
+    """The same request to ``base_url`` (another node or worker), its answer back."""
     headers = {
         name: value
         for name, value in request.headers.items()
@@ -184,7 +191,7 @@ async def _to_origin(request: web.Request) -> web.Response:
             aiohttp.ClientSession() as http,
             http.request(
                 request.method,
-                feeds.origin_url + request.rel_url.path,
+                base_url + request.rel_url.path,
                 data=body,
                 headers=headers,
                 timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S),
@@ -199,7 +206,7 @@ async def _to_origin(request: web.Request) -> web.Response:
             }
             return web.Response(status=answer.status, body=content, headers=passed)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise OriginUnreachable(f"the origin {feeds.origin_url} did not answer: {exc}") from exc
+        raise OriginUnreachable(f"{base_url} did not answer: {exc}") from exc
 
 
 def _resource_handler(
@@ -212,6 +219,12 @@ def _resource_handler(
         _claims(request, session_id, roles)
         if TokenRole.BROADCASTER in roles and EDGE_FEEDS in request.config_dict:
             return await _to_origin(request)
+        resource = request.match_info["resource"]
+        worker = request.config_dict.get(WORKER)
+        owner = worker.owner_of(resource) if worker is not None else None
+        if worker is not None and owner is not None and owner != worker.index:
+            # Another worker of this node serves that viewer.
+            return await _pass_on(request, worker.private_url(owner))
         hub = request.config_dict[RELAY].sessions.get(session_id)
         resource = request.match_info["resource"]
         if hub is None or not await remove(hub, resource):

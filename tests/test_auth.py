@@ -162,7 +162,7 @@ async def test_wrong_password_is_refused_and_counted(
 ) -> None:
     before = metric(
         await (await client.get("/metrics")).text(),
-        'studycast_login_failures_total{reason="wrong_password"}',
+        'studycast_login_failures_total{node="origin",reason="wrong_password"}',
     )
     assert await answer(await log_in(client, "olga", "not the password")) == (401, BAD_CREDENTIALS)
     assert COOKIE not in client.session.cookie_jar.filter_cookies(client.make_url("/"))
@@ -173,7 +173,7 @@ async def test_wrong_password_is_refused_and_counted(
     ]
     after = metric(
         await (await client.get("/metrics")).text(),
-        'studycast_login_failures_total{reason="wrong_password"}',
+        'studycast_login_failures_total{node="origin",reason="wrong_password"}',
     )
     assert (before, after) == (0.0, 1.0)
     async with store.read() as db:
@@ -186,7 +186,8 @@ async def test_unknown_user_gets_the_same_answer(client: Client, users: None, st
         ("http:127.0.0.1", "login_failed", "user:ghost", {"reason": "unknown_user"})
     ]
     text = await (await client.get("/metrics")).text()
-    assert metric(text, 'studycast_login_failures_total{reason="unknown_user"}') == 1.0
+    unknown = 'studycast_login_failures_total{node="origin",reason="unknown_user"}'
+    assert metric(text, unknown) == 1.0
 
 
 async def test_inactive_user_is_refused_and_loses_its_login(
@@ -323,8 +324,9 @@ async def test_too_many_failures_answer_429(
     assert r.status == 429, "case and spaces do not reset the brake"
     assert (await user_row(store, "olga")).failed_logins == 10, "refused before checking"
     text = await (await client.get("/metrics")).text()
-    assert metric(text, "studycast_login_throttled_total") == 2.0
-    assert metric(text, 'studycast_login_failures_total{reason="wrong_password"}') == 10.0
+    assert metric(text, 'studycast_login_throttled_total{node="origin"}') == 2.0
+    wrong = 'studycast_login_failures_total{node="origin",reason="wrong_password"}'
+    assert metric(text, wrong) == 10.0
 
     # Other usernames are not affected.
     assert (await log_in(client, "aldo")).status == 200

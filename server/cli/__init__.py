@@ -9,6 +9,7 @@ from server.cli.common import settings_options
 from server.cli.db import db
 from server.cli.directory import unit, venue
 from server.cli.loadtest import loadtest as loadtest_command
+from server.cli.nodes import node
 from server.cli.publish import publish
 from server.cli.report import report
 from server.cli.retention import retention
@@ -39,5 +40,6 @@ for command in (
     loadtest_command,
     publish,
     watch,
+    node,
 ):
     main.add_command(command)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import click
@@ -18,7 +19,8 @@ from attendance.models import Member
 from attendance.store import Store
 from server.cli.common import configure_logging, load_settings, open_store, run
 from server.settings import Settings
-from server.tokens import TokenRole, issue
+from server.tokens import TokenRole, issue, issue_node_token
+from server.workers import Supervisor, WorkerPlan, default_workers
 
 log = logging.getLogger(__name__)
 
@@ -36,46 +38,99 @@ log = logging.getLogger(__name__)
     help="IP address offered to WebRTC peers (repeat; STUDYCAST_ICE_ADDRESSES).",
 )
 @click.option("--demo", is_flag=True, help="Seed a demo organisation if the store is empty.")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    help="Server processes sharing the port (default: one per core with PostgreSQL, "
+    "1 with the embedded SQLite store).",
+)
+@click.option(
+    "--origin",
+    "origin_url",
+    metavar="URL",
+    help="Run as an edge of this origin (STUDYCAST_ORIGIN_URL); needs --node-token and the "
+    "origin's PostgreSQL.",
+)
+@click.option(
+    "--node-token",
+    help="The edge's token from `studycast node token NAME` on the origin (STUDYCAST_NODE_TOKEN).",
+)
+@click.option(
+    "--node-name", help="This node's name in /api/nodes and metrics (STUDYCAST_NODE_NAME)."
+)
 def serve(
     host: str | None,
     port: int | None,
     data_dir: str | None,
     ice_addresses: tuple[str, ...],
     demo: bool,
+    workers: int | None,
+    origin_url: str | None,
+    node_token: str | None,
+    node_name: str | None,
 ) -> None:
     """Run the server until Ctrl-C or SIGTERM; migrates the store first."""
     overrides = click.get_current_context().find_root().ensure_object(dict)
-    for name, value in (("host", host), ("port", port), ("data_dir", data_dir)):
+    for name, value in (
+        ("host", host),
+        ("port", port),
+        ("data_dir", data_dir),
+        ("origin_url", origin_url),
+        ("node_token", node_token),
+        ("node_name", node_name),
+    ):
         if value is not None:
             overrides[name] = value
     if ice_addresses:
         overrides["ice_addresses"] = list(ice_addresses)
     settings = load_settings()
     configure_logging()
-    run(_serve(settings, demo))
+    plan = WorkerPlan.from_env()
+    if plan is not None:  # a worker started by the supervisor below
+        run(_serve(settings, demo, plan))
+        return
+    count = workers or default_workers(settings)
+    if count > 1:
+        if default_workers(settings) == 1:
+            raise click.UsageError(
+                "--workers above 1 needs PostgreSQL (STUDYCAST_DATABASE_URL): the workers "
+                "share the record store and live events through it"
+            )
+        raise SystemExit(Supervisor(settings, count, demo=demo).run())
+    run(_serve(settings, demo, None))
 
 
-async def _serve(settings: Settings, demo: bool) -> None:
+async def _serve(settings: Settings, demo: bool, plan: WorkerPlan | None) -> None:
     settings.ensure_data_dir()
-    settings.resolved_secret_key()  # made now, not on the first request
+    secret = settings.resolved_secret_key()  # made now, not on the first request
     from server.app import create_app  # imported here: keeps `studycast --help` quick
 
-    store = await open_store(settings)
+    if plan is not None and plan.index > 0:
+        settings = worker_settings(settings, plan, secret)
+    # Worker 0 (or the only process) brings the schema up to date; the others find it so.
+    store = await open_store(settings, migrate=plan is None or plan.index == 0)
     seeded = await seed_demo(store, data_dir=settings.data_dir, now=utcnow()) if demo else None
-    app = create_app(settings, store)
+    app = create_app(settings, store, worker=plan)
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=10.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        listen_port = settings.port if plan is None else plan.public_port
+        site = web.TCPSite(
+            runner, settings.host, listen_port, reuse_port=True if plan is not None else None
+        )
         try:
             await site.start()
+            if plan is not None:
+                # Where worker 0 is pulled from, and where requests for a worker are passed on.
+                await web.TCPSite(runner, "127.0.0.1", plan.private_ports[plan.index]).start()
         except OSError as exc:
             raise click.ClickException(
-                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}"
+                f"cannot listen on {settings.host}:{listen_port}: {exc.strerror}"
             ) from exc
-        port = _bound_port(runner, settings.port)
-        pages = await _demo_pages(store, settings, seeded, settings.base_url(port))
-        _announce(settings.base_url(port), seeded, settings.data_dir / LOGINS_FILE, pages)
+        port = listen_port if plan is not None else _bound_port(runner, settings.port)
+        if plan is None or plan.index == 0:
+            pages = await _demo_pages(store, settings, seeded, settings.base_url(port))
+            _announce(settings.base_url(port), seeded, settings.data_dir / LOGINS_FILE, pages)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -85,6 +140,17 @@ async def _serve(settings: Settings, demo: bool) -> None:
     finally:
         await runner.cleanup()  # closes connections, then the app's cleanup closes the store
         await store.close()
+
+
+def worker_settings(settings: Settings, plan: WorkerPlan, secret: str) -> Settings:
+    """A worker after the first: its own name, and (on an origin) an edge of worker 0."""
+    name = f"{settings.resolved_node_name()}-w{plan.index}"
+    if settings.is_edge:
+        return settings.model_copy(update={"node_name": name})
+    token = issue_node_token(secret, name, now=utcnow(), ttl=timedelta(days=3650))
+    return settings.model_copy(
+        update={"node_name": name, "origin_url": plan.private_url(0), "node_token": token}
+    )
 
 
 def _bound_port(runner: web.AppRunner, fallback: int) -> int:

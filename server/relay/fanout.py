@@ -50,8 +50,10 @@ class SessionRelay:
         video_codec: str,
         on_state: StateListener,
         on_idle: Callable[[int], None] | None = None,
+        resource_prefix: str = "",
     ) -> None:
         self.session_id = session_id
+        self.resource_prefix = resource_prefix
         self.video_codec = video_codec
         self.video_profile = "42e01f"
         self._on_state = on_state
@@ -142,7 +144,7 @@ class SessionRelay:
         if self.state == "ended":
             raise Conflict("the session has ended", code="session_ended")
         viewer = Viewer(
-            resource_id=secrets.token_urlsafe(12),
+            resource_id=self.resource_prefix + secrets.token_urlsafe(12),
             kind=kind,
             subject=subject,
             session_codec=self.video_codec,

@@ -14,8 +14,12 @@ log = logging.getLogger(__name__)
 class Relay:
     """Owns every ``SessionRelay`` of the process. ``close()`` is idempotent."""
 
-    def __init__(self, *, max_viewers: int, on_state: StateListener) -> None:
+    def __init__(
+        self, *, max_viewers: int, on_state: StateListener, resource_prefix: str = ""
+    ) -> None:
         self.max_viewers = max_viewers
+        # What this process's viewer resource ids start with (a worker's own, see workers.py).
+        self.resource_prefix = resource_prefix
         self._on_state = on_state
         self.sessions: dict[int, SessionRelay] = {}
         self._joining = 0
@@ -32,7 +36,13 @@ class Relay:
         """The hub of a session, made on first use."""
         hub = self.sessions.get(session_id)
         if hub is None:
-            hub = SessionRelay(session_id, video_codec, self._on_state, on_idle=self.prune)
+            hub = SessionRelay(
+                session_id,
+                video_codec,
+                self._on_state,
+                on_idle=self.prune,
+                resource_prefix=self.resource_prefix,
+            )
             self.sessions[session_id] = hub
         return hub
 
