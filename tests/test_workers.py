@@ -51,9 +51,9 @@ def test_more_than_one_worker_needs_postgresql(tmp_path: Path) -> None:
     import subprocess
     import sys
 
+    studycast = [sys.executable, "-c", "from server.cli import main; main()"]
     done = subprocess.run(
-        [sys.executable, "-c", "from server.cli import main; main()", "--data-dir", str(tmp_path)]
-        + ["serve", "--workers", "2", "--port", "0"],
+        [*studycast, "--data-dir", str(tmp_path), "serve", "--workers", "2", "--port", "0"],
         capture_output=True,
         text=True,
         timeout=60,
