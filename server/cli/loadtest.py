@@ -9,8 +9,8 @@ from __future__ import annotations
 import click
 
 from attendance.errors import InvalidInput
+from server.addresses import check_addresses
 from server.cli.common import echo_json, run
-from server.relay.ice import check_addresses
 
 # The same limits as client.loadtest.MAX_VIEWERS / MAX_SECONDS / MAX_PROCS (a test checks).
 MAX_VIEWERS = 2000

@@ -2,19 +2,33 @@
 
 The work is done in ``client.watch`` and ``client.screen`` (imported when the command runs, so
 ``studycast --help`` stays quick).
+
+On Linux, OpenCV's window (Qt over xcb) hangs at its first window if PyAV was imported before
+OpenCV: both wheels bundle ``libxcb-shm`` under the same name, and PyAV's copy, loaded first, is
+tied to PyAV's own ``libxcb``. The ``studycast`` command imports aiortc (hence PyAV) before any
+command runs, so the window path runs the command again in a fresh interpreter that imports
+OpenCV first (``_run_opencv_first``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
 from attendance.errors import InvalidInput, StudycastError
-from server.relay.ice import check_addresses
+from server.addresses import check_addresses
+from server.cli.common import configure_logging
+
+TOKEN_ENV = "STUDYCAST_WATCH_TOKEN"  # noqa: S105 (a variable name, not a secret)
+_OPENCV_FIRST = "import cv2; from server.cli import main; main(prog_name='studycast')"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,7 +36,7 @@ from server.relay.ice import check_addresses
 @click.option(
     "--token",
     required=True,
-    envvar="STUDYCAST_WATCH_TOKEN",
+    envvar=TOKEN_ENV,
     show_envvar=True,
     help="A venue's, a member's or the session's viewer token (a venue token adds the "
     "check-in QR code).",
@@ -77,17 +91,22 @@ def watch(
     """Play a session (WHEP_URL, .../whep/SESSION) in a window, or headless.
 
     Reconnects by itself; with a venue or member token it also reports the screen's heartbeats
-    to the record (kept in a local outbox until the server has them).
+    to the record (kept in a local outbox until the server has them). q or Esc closes the
+    window.
     """
     try:
         addresses = tuple(check_addresses(ice_addresses))
     except InvalidInput as exc:
         raise click.BadParameter(exc.detail, param_hint="--ice-address") from exc
-    if not headless and sys.platform.startswith("linux") and not os.environ.get("DISPLAY"):
-        raise click.ClickException(
-            "there is no display (DISPLAY is not set), so no window can be opened: "
-            "use --headless, or run it on the screen's desktop"
-        )
+    if not headless and sys.platform.startswith("linux"):
+        if not os.environ.get("DISPLAY"):
+            raise click.ClickException(
+                "there is no display (DISPLAY is not set), so no window can be opened: "
+                "use --headless, or run it on the screen's desktop"
+            )
+        if "av" in sys.modules and "cv2" not in sys.modules:
+            ctx = click.get_current_context()
+            ctx.exit(_run_opencv_first(_command_line(ctx.params), token))
     from client.outbox import default_outbox_path
     from client.watch import WatchOptions, run_watch  # aiortc and OpenCV load only when needed
 
@@ -104,9 +123,48 @@ def watch(
         status_every_s=status_every,
         snapshot=snapshot,
     )
+    configure_logging(logging.WARNING)  # the status lines are the news; logs only for trouble
     try:
         asyncio.run(run_watch(options))
     except KeyboardInterrupt:
         pass
     except StudycastError as exc:
         raise click.ClickException(exc.detail) from exc
+
+
+def _command_line(params: dict[str, Any]) -> list[str]:
+    """This command's arguments, rebuilt from its parsed options (the token goes by the
+    environment, never on a command line other users can read)."""
+    args = ["watch", str(params["whep_url"])]
+    for name in ("fullscreen", "headless", "no_audio", "no_qr"):
+        if params[name]:
+            args.append("--" + name.replace("_", "-"))
+    for address in params["ice_addresses"]:
+        args += ["--ice-address", address]
+    for name, option in (
+        ("outbox_path", "--outbox"),
+        ("max_seconds", "--max-seconds"),
+        ("status_every", "--status-every"),
+        ("snapshot", "--snapshot"),
+    ):
+        if params[name] is not None:
+            args += [option, str(params[name])]
+    return args
+
+
+def _run_opencv_first(args: list[str], token: str) -> int:
+    """Run ``studycast ARGS`` in a fresh interpreter that imports OpenCV first; its exit code.
+
+    Ctrl-C reaches the child too (same process group) and it closes down by itself; SIGTERM is
+    passed on."""
+    env = {**os.environ, TOKEN_ENV: token}
+    child = subprocess.Popen([sys.executable, "-c", _OPENCV_FIRST, *args], env=env)  # noqa: S603
+    previous = signal.signal(signal.SIGTERM, lambda *_: child.terminate())
+    try:
+        while True:
+            try:
+                return child.wait()
+            except KeyboardInterrupt:
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -8,26 +8,16 @@ in a relay process or a load-tool process belongs to us.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Sequence
 
 import aioice.ice
 from aiortc import RTCConfiguration
 
-from attendance.errors import InvalidInput
+from server.addresses import check_addresses
 
 _original: Callable[[bool, bool], list[str]] = aioice.ice.get_host_addresses
 
-
-def check_addresses(addresses: Sequence[str]) -> list[str]:
-    """Validate IP address literals (ICE host candidates cannot be names)."""
-    checked = []
-    for raw in addresses:
-        try:
-            checked.append(str(ipaddress.ip_address(raw.strip())))
-        except ValueError:
-            raise InvalidInput(f"ICE address {raw!r} is not an IP address") from None
-    return checked
+__all__ = ["advertise_addresses", "check_addresses", "rtc_configuration"]
 
 
 def advertise_addresses(addresses: Sequence[str] | None) -> None:
