@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg  # type: ignore[import-untyped]
 from aiohttp import web
@@ -138,6 +140,7 @@ def create_app(
     app[METRICS].registry.register(RelayCollector(app[RELAY].totals))
     app.cleanup_ctx.append(_store_lifetime)
     app.cleanup_ctx.append(_relay_lifetime)
+    app.on_shutdown.append(_end_streams)
     app.on_response_prepare.append(_security_headers)
 
     app.router.add_get("/", index)
@@ -158,6 +161,12 @@ def create_app(
     app.router.add_get(r"/{path:[A-Za-z0-9_][A-Za-z0-9_./-]*\.[A-Za-z0-9]+}", web_file)
     auth.check_access_declared(app)
     return app
+
+
+async def _end_streams(app: web.Application) -> None:
+    """On shutdown, before aiohttp waits for handlers to finish: live event streams would never
+    finish by themselves (their clients reconnect, to another node or to this one restarted)."""
+    await app[LIVE].close()
 
 
 def _role(settings: Settings, worker: WorkerPlan | None) -> str:
@@ -249,10 +258,31 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
     log.info("relay closed")
 
 
+@functools.cache
+def _policy_reaching(origin: str) -> str:
+    """The page policy of an edge: its pages may also reach the origin (a venue screen plays
+    from there, and asks its health, while the edge is down)."""
+    return CONTENT_SECURITY_POLICY.replace("connect-src 'self'", f"connect-src 'self' {origin}")
+
+
+def _page_policy(request: web.Request) -> str:
+    settings = request.config_dict[SETTINGS]
+    origin = settings.origin_url
+    worker = request.config_dict.get(WORKER)
+    if not origin or (worker is not None and origin == worker.private_url(0)):
+        return CONTENT_SECURITY_POLICY  # the origin itself, or one of its workers
+    parts = urlsplit(origin)
+    return _policy_reaching(f"{parts.scheme}://{parts.netloc}")
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     if request.path.startswith(("/whip/", "/whep/")):
         for name, value in whip.CORS_HEADERS.items():
             response.headers.setdefault(name, value)
+    elif request.path == "/healthz":
+        # Venue screens on an edge ask the origin's health from the edge's pages.
+        response.headers.setdefault("Access-Control-Allow-Origin", "*")
+    response.headers.setdefault("Content-Security-Policy", _page_policy(request))
     for name, value in SECURITY_HEADERS.items():
         response.headers.setdefault(name, value)
     if request.path.startswith(_UNCACHED_PREFIXES):
