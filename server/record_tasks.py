@@ -70,8 +70,28 @@ class EvidenceSampler:
         """Record one round of evidence; returns the number of spans written."""
         now = self._clock()
         mono = time.monotonic()
-        spans: list[tuple[int, str, str, str, datetime, int]] = []
+        spans: list[tuple[int, str, str, str, datetime, datetime, int]] = []
         live_resources: set[str] = set()
+        # Viewers that left since the last round: what they received after it, up to leaving.
+        while self._relay.departed:
+            gone = self._relay.departed.popleft()
+            kind, _, name = gone.subject.partition(":")
+            seen = self._seen.pop(gone.resource_id, None)
+            if seen is None:
+                seen = _Seen(0, now - timedelta(seconds=max(0.0, mono - gone.created_at)))
+            left = now - timedelta(seconds=max(0.0, mono - gone.left_at))
+            if gone.octets > seen.octets and left > seen.at:
+                spans.append(
+                    (
+                        gone.session_id,
+                        gone.resource_id,
+                        kind,
+                        name,
+                        seen.at,
+                        left,
+                        gone.octets - seen.octets,
+                    )
+                )
         for session_id, hub in list(self._relay.sessions.items()):
             for viewer in list(hub.viewers.values()):
                 kind, _, name = viewer.subject.partition(":")
@@ -85,16 +105,24 @@ class EvidenceSampler:
                     seen = _Seen(0, connected)
                 if octets > seen.octets:
                     spans.append(
-                        (session_id, viewer.resource_id, kind, name, seen.at, octets - seen.octets)
+                        (
+                            session_id,
+                            viewer.resource_id,
+                            kind,
+                            name,
+                            seen.at,
+                            now,
+                            octets - seen.octets,
+                        )
                     )
                 self._seen[viewer.resource_id] = _Seen(octets, now)
-        for gone in set(self._seen) - live_resources:
-            del self._seen[gone]
+        for resource in set(self._seen) - live_resources:
+            del self._seen[resource]
         if not spans:
             return 0
-        await self._resolve({(k, n) for _, _, k, n, _, _ in spans})
+        await self._resolve({(k, n) for _, _, k, n, _, _, _ in spans})
         events = []
-        for session_id, resource, kind, name, start, octets in spans:
+        for session_id, resource, kind, name, start, end, octets in spans:
             member_id = self._members.get(name) if kind == "member" else None
             venue_id = self._venues.get(name) if kind == "venue" else None
             if member_id is None and venue_id is None:
@@ -110,7 +138,7 @@ class EvidenceSampler:
                     venue_id=venue_id,
                     payload={
                         "from": start.isoformat(),
-                        "to": now.isoformat(),
+                        "to": end.isoformat(),
                         "resource": resource,
                         "octets": octets,
                     },

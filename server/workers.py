@@ -20,6 +20,7 @@ players reconnect by themselves (WHEP pages and ``studycast watch`` do), landing
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -113,6 +114,12 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _stop_with_parent() -> None:
+    """In a new worker, before it runs: SIGTERM it when the supervisor dies (PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
 class Supervisor:
     """Starts the workers, restarts one that dies, stops them all on SIGINT/SIGTERM."""
 
@@ -138,10 +145,18 @@ class Supervisor:
         if self.demo and index == 0 and first:
             argv.append("--demo")
         # Its own process group: a Ctrl-C in the terminal reaches the supervisor only, which
-        # then stops the workers in order (and does not mistake them for crashed ones).
-        return subprocess.Popen(argv, env=env, start_new_session=True)  # noqa: S603 (our own)
+        # then stops the workers in order (and does not mistake them for crashed ones). A
+        # supervisor killed outright takes its workers with it (Linux: parent-death signal).
+        return subprocess.Popen(  # noqa: S603 (our own interpreter and command)
+            argv,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_stop_with_parent if sys.platform == "linux" else None,
+        )
 
     def _wait_listening(self, index: int, proc: subprocess.Popen[bytes]) -> bool:
+        """Until worker ``index`` accepts connections on its private port (False: it died, the
+        supervisor is stopping, or it took too long)."""
         deadline = time.monotonic() + START_TIMEOUT_S
         port = self.plans[index].private_ports[index]
         while time.monotonic() < deadline and not self.stopping:
@@ -166,6 +181,10 @@ class Supervisor:
                 return 1
             for index in range(1, len(self.plans)):
                 self.procs[index] = self._spawn(index, first=True)
+            for index in range(1, len(self.plans)):
+                proc = self.procs[index]
+                if proc is not None and not self._wait_listening(index, proc):
+                    log.warning("worker %d is not listening yet", index)
             log.info("%d workers serving on port %d", len(self.plans), self.plans[0].public_port)
             while not self.stopping:
                 time.sleep(POLL_S)

@@ -121,8 +121,21 @@ async def test_delivered_media_and_heartbeats_become_watched_time(
         assert a.watched_s <= a.live_s
         assert a.remote_s == a.watched_s and a.onsite_s == 0
 
-        # Hanging up: the sampler forgets the viewers, no further spans.
+        # Hanging up: the next round writes what each viewer received since the last one, up to
+        # its leaving (not to the round); then the sampler has forgotten them.
         await member_view.hang_up(stage.http, member_token)
         await venue_view.hang_up(stage.http, venue_token)
-        await asyncio.sleep(0.2)
+        hung_up = utcnow()
+        await asyncio.sleep(0.3)
+        assert await sampler.sample() == 2
+        async with store.read() as db:
+            last = list(
+                await db.scalars(
+                    select(AttendanceEvent.payload)
+                    .where(AttendanceEvent.session_id == sid, AttendanceEvent.kind == "media")
+                    .order_by(AttendanceEvent.id.desc())
+                    .limit(2)
+                )
+            )
+        assert all(datetime.fromisoformat(p["to"]) <= hung_up for p in last)
         assert await sampler.sample() == 0

@@ -51,9 +51,11 @@ class SessionRelay:
         on_state: StateListener,
         on_idle: Callable[[int], None] | None = None,
         resource_prefix: str = "",
+        on_viewer_left: Callable[[int, Viewer], None] | None = None,
     ) -> None:
         self.session_id = session_id
         self.resource_prefix = resource_prefix
+        self._on_viewer_left = on_viewer_left
         self.video_codec = video_codec
         self.video_profile = "42e01f"
         self._on_state = on_state
@@ -179,6 +181,8 @@ class SessionRelay:
             self.left["nacks"] += viewer.nacks_received
             self.left["retransmitted"] += viewer.retransmitted
             self.left["plis"] += viewer.plis_received
+            if self._on_viewer_left is not None:
+                self._on_viewer_left(self.session_id, viewer)
 
     def feedback_totals(self) -> dict[str, int]:
         """NACKs, retransmissions and PLIs from viewers, since the hub began."""

@@ -4,11 +4,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any
 
 from server.relay.fanout import SessionRelay, StateListener
+from server.relay.viewer import Viewer
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Departed:
+    """A viewer that has left, with what it had received: the evidence sampler writes its last
+    span from this (media between its last sample and its leaving would be lost otherwise)."""
+
+    session_id: int
+    resource_id: str
+    subject: str
+    octets: int
+    created_at: float  # monotonic
+    left_at: float  # monotonic
+
+
+# Departed viewers kept for the sampler (it drains them every interval).
+MAX_DEPARTED = 100_000
 
 
 class Relay:
@@ -20,6 +41,7 @@ class Relay:
         self.max_viewers = max_viewers
         # What this process's viewer resource ids start with (a worker's own, see workers.py).
         self.resource_prefix = resource_prefix
+        self.departed: deque[Departed] = deque(maxlen=MAX_DEPARTED)
         self._on_state = on_state
         self.sessions: dict[int, SessionRelay] = {}
         self._joining = 0
@@ -42,9 +64,24 @@ class Relay:
                 self._on_state,
                 on_idle=self.prune,
                 resource_prefix=self.resource_prefix,
+                on_viewer_left=self._viewer_left,
             )
             self.sessions[session_id] = hub
         return hub
+
+    def _viewer_left(self, session_id: int, viewer: Viewer) -> None:
+        if not viewer.subject.startswith(("member:", "venue:")):
+            return  # only members and venue screens are evidence
+        self.departed.append(
+            Departed(
+                session_id,
+                viewer.resource_id,
+                viewer.subject,
+                sum(s.octets for s in viewer.streams.values()),
+                viewer.created_at,
+                time.monotonic(),
+            )
+        )
 
     @property
     def viewer_count(self) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 
 from attendance.errors import StudycastError
+from client.publisher import SignallingError, delete_resource, post_offer
 from server.relay import codecs
 from server.relay.fanout import SessionRelay
 from server.relay.ingest import Ingest
@@ -34,6 +35,10 @@ MAX_RETRY_S = 5.0
 # A session's feed is kept this long after its last viewer here left (a reload, a reconnect).
 LINGER_S = 10.0
 CHECK_S = 0.5
+
+
+class SessionOver(Exception):
+    """The origin says the session has ended or does not exist: stop pulling it."""
 
 
 class Upstream(Ingest):
@@ -50,8 +55,6 @@ class Upstream(Ingest):
     async def connect(self) -> None:
         """Offer to receive the session's video (and Opus audio) and apply the origin's answer;
         ``SignallingError`` when the origin refuses, ``InvalidInput`` for an unusable answer."""
-        from client.publisher import post_offer  # the WHIP/WHEP client, shared with the tools
-
         name = codecs.VIDEO_NAMES[self.session_codec]
         video = self.pc.addTransceiver("video", direction="recvonly")
         codecs.prefer(video, [c for c in codecs.capabilities("video") if c.name.upper() == name])
@@ -74,8 +77,6 @@ class Upstream(Ingest):
             return
         location, self.location = self.location, None
         if location is not None:
-            from client.publisher import delete_resource
-
             with contextlib.suppress(StudycastError):
                 await delete_resource(self._http, location, self._token, request_timeout=2.0)
         await super().close()
@@ -125,8 +126,11 @@ class EdgeFeeds:
                     break
             else:
                 idle_since = None
-            if hub.ingest is None:
-                upstream = await self._connect(hub)
+            if hub.ingest is None and hub.viewers:  # nobody watching here: no new pull
+                try:
+                    upstream = await self._connect(hub)
+                except SessionOver:
+                    break
                 if upstream is None:
                     await asyncio.sleep(delay)
                     delay = min(MAX_RETRY_S, delay * 2)
@@ -153,6 +157,13 @@ class EdgeFeeds:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await upstream.connect()
+        except SignallingError as exc:
+            await upstream.close()
+            if exc.status in (404, 409):  # the session is gone or has ended: nothing to pull
+                raise SessionOver(str(exc)) from exc
+            self.failures += 1
+            log.warning("edge: cannot pull session %s: %s", hub.session_id, exc)
+            return None
         except (StudycastError, TimeoutError, OSError) as exc:
             self.failures += 1
             log.warning(
