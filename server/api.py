@@ -11,7 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from attendance.errors import InvalidInput, NotFound, invalid_input
 from attendance.evaluation import finalize_session
@@ -26,7 +26,7 @@ from attendance.sessions import (
     update_session,
 )
 from attendance.units import list_units
-from attendance.venues import add_venue, list_venues
+from attendance.venues import EDGE_URL_MAX, SLUG, add_venue, list_venues, set_venue_edge
 from server.auth import CLOCK, SETTINGS, STORE, current_user, require_role
 from server.http_errors import read_json_object
 from server.links import session_links
@@ -101,6 +101,38 @@ async def venues_create(request: web.Request) -> web.Response:
             actor=user.actor,
         )
     return _created(asdict(venue))
+
+
+class VenueChanges(BaseModel):
+    """The body of ``PATCH /api/venues/{slug}``: the edge its screen plays from (null: the
+    origin); ``attendance.venues`` checks the URL."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    edge_url: StrictStr | None = Field(max_length=EDGE_URL_MAX)
+
+
+@routes.patch("/api/venues/{slug}")
+@require_role(Role.ORGANISER)
+async def venues_update(request: web.Request) -> web.Response:
+    """Assign the venue an edge, or clear it; venue links made afterwards point there."""
+    user = await current_user(request)
+    slug = request.match_info["slug"]
+    if not SLUG.match(slug):
+        raise NotFound(f"no venue {slug[:40]!r}")
+    try:
+        changes = VenueChanges.model_validate(await read_json_object(request))
+    except ValidationError as exc:
+        raise invalid_input(exc) from exc
+    async with request.config_dict[STORE].write() as db:
+        venue = await set_venue_edge(
+            db,
+            slug,
+            changes.edge_url,
+            now=request.config_dict[CLOCK](),
+            actor=user.actor,
+        )
+    return web.json_response(asdict(venue))
 
 
 @routes.get("/api/sessions")

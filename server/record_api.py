@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import segno
 from aiohttp import web
@@ -52,7 +53,7 @@ from server.live import stream
 from server.live_events import LIVE, snapshot
 from server.record_tasks import DIRTY_QUESTIONS, live_counts
 from server.tokens import TokenRole, issue
-from server.whip import RELAY
+from server.whip import RELAY, WORKER
 
 routes = web.RouteTableDef()
 INGEST_QUEUE = web.AppKey("studycast.ingest_queue", IngestQueue)
@@ -65,6 +66,36 @@ SENDERS = frozenset({MEMBER, VENUE, ORGANISER, BROADCASTER})
 async def caller_for(request: web.Request, audiences: frozenset[str]) -> tuple[int, Caller]:
     session_id = id_param(request, "study session")
     return session_id, await session_caller(request, session_id, audiences=audiences)
+
+
+def origin_base(request: web.Request) -> str:
+    """The origin's base URL, where a venue screen on an edge falls back to: the origin this
+    node pulls from when it is an edge, else this node's public base."""
+    settings = request.config_dict[SETTINGS]
+    worker = request.config_dict.get(WORKER)
+    origin = settings.origin_url
+    if origin and not (worker is not None and origin == worker.private_url(0)):
+        return origin
+    return public_base(request).rstrip("/")
+
+
+def venue_screen_links(
+    request: web.Request, session_id: int, token: str, edge_url: str | None
+) -> dict[str, str | None]:
+    """A venue screen's link: on its edge (``o=`` names the origin to fall back to) when it has
+    one, else on this node as always; ``fallback_url`` is the plain origin link (operators)."""
+    fragment = f"s={session_id}&t={token}"
+    if edge_url is None:
+        base = public_base(request).rstrip("/")
+        return {"url": f"{base}/venue.html#{fragment}", "edge_url": None, "fallback_url": None}
+    origin = origin_base(request)
+    # t stays last: tools cut the token off the end of a link.
+    edged = f"s={session_id}&o={quote(origin, safe=':/')}&t={token}"
+    return {
+        "url": f"{edge_url}/venue.html#{edged}",
+        "edge_url": edge_url,
+        "fallback_url": f"{origin}/venue.html#{fragment}",
+    }
 
 
 @routes.post("/api/sessions/{id}/events")
@@ -266,7 +297,7 @@ async def member_links(request: web.Request) -> web.Response:
             else None
         )
         member_rows = list(members) if members is not None else []
-        venues = [(v.slug, v.name) for v in session.venues]
+        venues = [(v.slug, v.name, v.edge_url) for v in session.venues]
     body = {
         "session_id": session_id,
         "members": [
@@ -290,16 +321,20 @@ async def member_links(request: web.Request) -> web.Response:
             {
                 "slug": slug,
                 "name": name,
-                "url": f"{base}/venue.html#s={session_id}&t="
-                + issue(
-                    secret,
-                    session_id=session_id,
-                    role=TokenRole.VENUE,
-                    subject=f"venue:{slug}",
-                    now=now,
+                **venue_screen_links(
+                    request,
+                    session_id,
+                    issue(
+                        secret,
+                        session_id=session_id,
+                        role=TokenRole.VENUE,
+                        subject=f"venue:{slug}",
+                        now=now,
+                    ),
+                    edge_url,
                 ),
             }
-            for slug, name in venues
+            for slug, name, edge_url in venues
         ],
     }
     return web.json_response(body)
@@ -364,7 +399,8 @@ async def link_qr(request: web.Request) -> web.Response:
             )
             url = f"{base}/member.html#s={session_id}&t={token}"
         else:
-            if venue not in {v.slug for v in session.venues}:
+            room = next((v for v in session.venues if v.slug == venue), None)
+            if room is None:
                 raise NotFound(f"venue {str(venue)[:40]!r} is not a venue of this session")
             token = issue(
                 settings.resolved_secret_key(),
@@ -373,7 +409,7 @@ async def link_qr(request: web.Request) -> web.Response:
                 subject=f"venue:{venue}",
                 now=now,
             )
-            url = f"{base}/venue.html#s={session_id}&t={token}"
+            url = str(venue_screen_links(request, session_id, token, room.edge_url)["url"])
     svg = io.BytesIO()
     segno.make(url, error="m").save(svg, kind="svg", scale=6, border=4)
     return web.Response(

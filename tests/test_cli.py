@@ -376,7 +376,7 @@ def test_venues_and_units(cli: Cli) -> None:
     bj = json.loads(out)
     assert bj == {
         "id": bj["id"], "slug": "bj-cy-2", "name": "朝阳第2会议室",
-        "unit_path": "北京/朝阳办公区", "capacity": 30,
+        "unit_path": "北京/朝阳办公区", "capacity": 30, "edge_url": None,
     }
     assert cli.ok(
         "venue", "add", "sh-1", "--name", "浦东报告厅", "--unit", "上海/", "--create-unit"
@@ -386,7 +386,7 @@ def test_venues_and_units(cli: Cli) -> None:
     assert venues == [
         bj,
         {"id": venues[1]["id"], "slug": "sh-1", "name": "浦东报告厅", "unit_path": "上海",
-         "capacity": None},
+         "capacity": None, "edge_url": None},
     ]
 
     units = cli.json("unit", "list")
@@ -494,7 +494,12 @@ def test_sessions(venues: Cli) -> None:
             {"slug": "bj-cy-2", "name": "朝阳第2会议室"},
             {"slug": "sh-1", "name": "浦东报告厅"},
         ],
-        "attendance_rule": {**DEFAULT_RULE, "min_share": 0.75, "min_presence_passed": 2},
+        "attendance_rule": {
+            **DEFAULT_RULE,
+            "min_share": 0.75,
+            "min_presence_passed": 2,
+            "makeup_presence": True,
+        },
         "started_at": None,
         "ended_at": None,
     }

@@ -1,5 +1,7 @@
 // The venue screen (a kiosk): the broadcast, the rotating check-in code, presence codes and
-// quiz questions for the room. Opened from the venue link venue.html#s=ID&t=TOKEN.
+// quiz questions for the room. Opened from the venue link venue.html#s=ID&t=TOKEN; a venue
+// assigned an edge opens it on the edge with &o=ORIGIN, and plays from the origin while the edge
+// is down (see WhepPlayer's failover).
 import { api } from './api.js';
 import { initI18n, onLanguageChange, t } from './i18n.js';
 import {
@@ -12,7 +14,7 @@ import {
   svgDataUrl,
   tokenClaims,
 } from './live.js';
-import { WhepPlayer } from './whep.js';
+import { WhepPlayer, nodeBase } from './whep.js';
 
 initI18n({
   en: {
@@ -42,6 +44,8 @@ initI18n({
     'venue.fatal.missing': 'This page needs the venue screen link',
     'venue.fatal.missingText': 'Open the venue link the organiser sent you (venue.html#s=…&t=…).',
     'venue.fatal.notFound': 'This session does not exist',
+    'venue.node.edge': 'Playing from edge {host}',
+    'venue.node.fallback': 'Playing from origin {host}: the edge is unreachable',
   },
   'zh-CN': {
     'venue.title': '会场大屏 · studycast',
@@ -70,6 +74,8 @@ initI18n({
     'venue.fatal.missing': '此页面需要会场大屏链接',
     'venue.fatal.missingText': '请打开组织者发送的会场链接（venue.html#s=…&t=…）。',
     'venue.fatal.notFound': '该场次不存在',
+    'venue.node.edge': '经边缘节点 {host} 播放',
+    'venue.node.fallback': '经源站 {host} 播放：边缘节点无法连接',
   },
 });
 
@@ -78,6 +84,7 @@ const els = {
   video: $('video'),
   venueName: $('venue-name'),
   sessionTitle: $('session-title'),
+  nodeStatus: $('node-status'),
   checkinPanel: $('checkin-panel'),
   qr: $('qr'),
   shortCode: $('short-code'),
@@ -116,6 +123,9 @@ const state = {
   player: 'stopped',
   playerReason: null,
   muted: false,
+  nodes: 1, // WHEP URLs the player may play from (2: an edge, then the origin)
+  node: 0, // the one it plays from
+  nodeBase: '',
   clockOffsetMs: 0, // server clock minus ours
 };
 
@@ -128,16 +138,63 @@ function link() {
   const sid = Number(params.get('s'));
   const token = params.get('t');
   if (sid && token) {
+    const origin = originParam(params.get('o'));
     rememberLink('venue', sid, token);
+    rememberOrigin(sid, origin);
     clearFragment();
-    return { sessionId: sid, token };
+    return { sessionId: sid, token, origin };
   }
-  return rememberedLink('venue', sid || null);
+  const remembered = rememberedLink('venue', sid || null);
+  return remembered && { ...remembered, origin: rememberedOrigin(remembered.sessionId) };
+}
+
+/** The origin's base URL from a venue link played on an edge (o=...), or null. */
+function originParam(value) {
+  if (!value) return null;
+  try {
+    const url = new URL(value);
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') return null;
+    return (url.origin + url.pathname).replace(/\/+$/, '');
+  } catch {
+    return null;
+  }
+}
+
+function rememberOrigin(sessionId, origin) {
+  try {
+    const key = `studycast.venue.origin.${sessionId}`;
+    if (origin) window.localStorage.setItem(key, origin);
+    else window.localStorage.removeItem(key);
+  } catch {
+    // no storage: a reload plays from this node only
+  }
+}
+
+function rememberedOrigin(sessionId) {
+  try {
+    return originParam(window.localStorage.getItem(`studycast.venue.origin.${sessionId}`));
+  } catch {
+    return null;
+  }
+}
+
+/** Where the screen plays from: this node, then (on an edge) the origin. */
+function whepUrls(session) {
+  const here = `/whep/${session.sessionId}`;
+  const urls = [here];
+  if (session.origin && session.origin !== nodeBase(here)) {
+    urls.push(`${session.origin}/whep/${session.sessionId}`);
+  }
+  return urls;
 }
 
 function bannerKind() {
   if (state.sessionState === 'ended' || state.player === 'ended') return 'ended';
-  if (state.live === 'retrying' || (state.player === 'retrying' && state.playerReason === 'network')) {
+  // This node's live events may be gone while the picture plays from the origin: no banner then.
+  if (
+    (state.live === 'retrying' && state.player !== 'playing') ||
+    (state.player === 'retrying' && state.playerReason === 'network')
+  ) {
     return 'unreachable';
   }
   if (state.player === 'retrying' && state.playerReason === 'full') return 'full';
@@ -162,11 +219,13 @@ function render() {
     els.presence.hidden = true;
     els.quiz.hidden = true;
     els.unmute.hidden = true;
+    els.nodeStatus.hidden = true;
     return;
   }
   els.fatal.hidden = true;
   els.venueName.textContent = state.venueName || state.slug;
   els.sessionTitle.textContent = state.session?.title || '';
+  renderNode();
   document.title = [state.venueName, t('venue.title')].filter(Boolean).join(' · ');
 
   const kind = bannerKind();
@@ -193,6 +252,18 @@ function render() {
 
   renderPresence();
   renderQuiz();
+}
+
+function renderNode() {
+  // Shown for a venue with an edge only: which node the picture comes from.
+  els.nodeStatus.hidden = state.nodes < 2 || !state.nodeBase;
+  if (els.nodeStatus.hidden) return;
+  const edge = state.node === 0;
+  els.nodeStatus.dataset.node = edge ? 'edge' : 'origin';
+  els.nodeStatus.dataset.base = state.nodeBase;
+  els.nodeStatus.textContent = t(edge ? 'venue.node.edge' : 'venue.node.fallback', {
+    host: new URL(state.nodeBase).host,
+  });
 }
 
 function renderPresence() {
@@ -285,13 +356,17 @@ function main() {
     return;
   }
 
+  const urls = whepUrls(session);
+  state.nodes = urls.length;
   const player = new WhepPlayer(els.video, {
-    url: `/whep/${session.sessionId}`,
+    urls,
     token: session.token,
     onState: (playerState, detail) => {
       state.player = playerState;
       state.playerReason = detail.reason || null;
       state.muted = detail.muted;
+      state.node = detail.node;
+      state.nodeBase = detail.nodeBase;
       if (playerState === 'unauthorized') {
         state.fatal = 'link';
         forgetLink('venue', session.sessionId);

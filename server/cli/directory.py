@@ -9,7 +9,7 @@ import click
 from attendance.clock import utcnow
 from attendance.store import Store
 from attendance.units import UnitSummary, list_units
-from attendance.venues import VenueInfo, add_venue, list_venues
+from attendance.venues import VenueInfo, add_venue, list_venues, set_venue_edge
 from server.cli.common import echo_json, json_option, with_store
 from server.cli.output import print_table
 from server.settings import Settings
@@ -99,6 +99,34 @@ def venue_list(as_json: bool) -> None:
     else:
         print_table(
             f"{len(venues)} venues",
-            ["slug", "name", "unit", "capacity"],
-            [(v.slug, v.name, v.unit_path, v.capacity) for v in venues],
+            ["slug", "name", "unit", "capacity", "edge"],
+            [(v.slug, v.name, v.unit_path, v.capacity, v.edge_url or "-") for v in venues],
         )
+
+
+@venue.command("edge")
+@click.argument("slug")
+@click.argument("url", required=False)
+@click.option("--none", "clear", is_flag=True, help="Play from the origin again (no edge).")
+@json_option
+def venue_edge(slug: str, url: str | None, clear: bool, as_json: bool) -> None:
+    """Make the venue SLUG's screen play from the edge at URL (its base URL, as started with
+    `serve --origin`), or from the origin again with --none.
+
+    Venue links made afterwards open the screen on the edge; it falls back to the origin by
+    itself while the edge is down."""
+    if clear == (url is not None):
+        raise click.UsageError("give the edge's URL, or --none to play from the origin")
+
+    @with_store
+    async def go(store: Store, _settings: Settings) -> VenueInfo:
+        async with store.write() as db:
+            return await set_venue_edge(db, slug, url, now=utcnow(), actor="cli")
+
+    info = go()
+    if as_json:
+        echo_json(asdict(info))
+    elif info.edge_url:
+        click.echo(f"venue {info.slug} plays from the edge {info.edge_url}")
+    else:
+        click.echo(f"venue {info.slug} plays from the origin")
