@@ -276,6 +276,15 @@ def _page_policy(request: web.Request) -> str:
 
 
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if (
+        request.method == "GET"
+        and request.path.startswith("/api/sessions/")
+        and "token" in request.query
+        and "Cookie" not in request.headers
+    ):
+        # Read with a link's token in the URL, never a login: a venue screen on an edge may ask
+        # the origin (its live events, its check-in code) when the edge is gone.
+        response.headers.setdefault("Access-Control-Allow-Origin", "*")
     if request.path.startswith(("/whip/", "/whep/")):
         for name, value in whip.CORS_HEADERS.items():
             response.headers.setdefault(name, value)

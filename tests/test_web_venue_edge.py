@@ -380,6 +380,12 @@ def test_killing_the_edge_moves_its_venue_screen_to_the_origin_within_5_s(
             15,
             "the origin to report the venue's viewer",
         )
+        # Its live events come from the origin too: a presence check opened there shows.
+        check = organiser.post(f"/api/sessions/{sid}/presence-checks", {"window_s": 30})
+        overlay = page.locator("#presence-overlay")
+        expect(overlay).to_be_visible(timeout=15_000)
+        expect(page.locator("#presence-code")).to_have_text(check["code"])
+        page.screenshot(path=str(tmp_path / "3b-presence-check-from-the-origin.png"))
         page.locator("button[data-lang='zh-CN']").click()
         expect(status).to_have_text(
             f"经源站 {d.origin.base.removeprefix('http://')} 播放：边缘节点无法连接"

@@ -22,10 +22,14 @@ export const EVENT_TYPES = [
 ];
 
 export class LiveStream {
-  constructor(sessionId, token, { onState = () => {} } = {}) {
+  /** ``bases``: where the stream may come from, in order ('' is this page's own server; a venue
+   * screen on an edge adds its origin): when one cannot be reached, the next is tried at once. */
+  constructor(sessionId, token, { onState = () => {}, bases = [''] } = {}) {
     this.sessionId = sessionId;
     this.token = token;
     this.onState = onState;
+    this.bases = bases.length ? bases : [''];
+    this.base = 0; // index into bases
     this.state = 'stopped';
     this.lastEventId = null;
     this._handlers = new Map();
@@ -59,7 +63,7 @@ export class LiveStream {
   _url() {
     const params = new URLSearchParams({ token: this.token });
     if (this.lastEventId) params.set('last_event_id', this.lastEventId);
-    return `/api/sessions/${this.sessionId}/events/stream?${params}`;
+    return `${this.bases[this.base]}/api/sessions/${this.sessionId}/events/stream?${params}`;
   }
 
   _setState(state, detail = {}) {
@@ -83,7 +87,9 @@ export class LiveStream {
     };
     source.onerror = () => {
       if (source !== this._source) return;
-      if (source.readyState === EventSource.CLOSED) {
+      // With somewhere else to go, a lost stream is looked into now (the browser would keep
+      // trying the same server for ever when it cannot be reached at all).
+      if (source.readyState === EventSource.CLOSED || this.bases.length > 1) {
         source.close();
         this._source = null;
         this._diagnose();
@@ -135,6 +141,17 @@ export class LiveStream {
       this._running = false;
       this._setState('not_found', { status });
       return;
+    }
+    if (this.bases.length > 1 && (status === 0 || status >= 500)) {
+      // This server is gone: the next one, now. Event ids are per server, so no resuming.
+      this.base = (this.base + 1) % this.bases.length;
+      this.lastEventId = null;
+      if (this.base !== 0 || this._attempt === 0) {
+        this._attempt += this.base === 0 ? 1 : 0;
+        this._setState('retrying', { reason: 'switch', base: this.bases[this.base] });
+        this._timer = setTimeout(() => this._open(), 0);
+        return;
+      }
     }
     const delay = backoffDelay(this._attempt);
     this._attempt += 1;

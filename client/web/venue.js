@@ -316,14 +316,28 @@ function setQuestion(question) {
 
 let codeTimer = null;
 
+/** The venue's current check-in code: from this page's server, or (on an edge that cannot be
+ * reached) from the origin, asked with the token in the URL so no preflight is needed. */
+async function checkinCode(session) {
+  const path = `/api/sessions/${session.sessionId}/venues/${state.slug}/checkin-code`;
+  try {
+    return await api(path, { token: session.token });
+  } catch (error) {
+    const gone = !error.status || error.status >= 500;
+    if (!gone || !session.origin || session.origin === location.origin) throw error;
+    const url = `${session.origin}${path}?token=${encodeURIComponent(session.token)}`;
+    const response = await fetch(url, { cache: 'no-store' });
+    if (!response.ok) throw Object.assign(new Error('checkin-code'), { status: response.status });
+    return response.json();
+  }
+}
+
 async function refreshCode(session) {
   clearTimeout(codeTimer);
   if (state.fatal || state.sessionState === 'ended') return;
   let delay = 5000;
   try {
-    const code = await api(`/api/sessions/${session.sessionId}/venues/${state.slug}/checkin-code`, {
-      token: session.token,
-    });
+    const code = await checkinCode(session);
     const qrChanged = !state.code || state.code.url !== code.url;
     state.code = code;
     state.venueName = code.venue_name;
@@ -379,6 +393,8 @@ function main() {
   els.unmute.addEventListener('click', () => player.unmute());
 
   const live = new LiveStream(session.sessionId, session.token, {
+    // On an edge: the origin's stream when the edge is gone (the origin answers cross-origin).
+    bases: session.origin && session.origin !== location.origin ? ['', session.origin] : [''],
     onState: (liveState) => {
       state.live = liveState;
       if (liveState === 'unauthorized') {
