@@ -239,8 +239,11 @@ class Outbox:
                 # Events added during a backoff wait for it: a failing server is not hammered.
                 await asyncio.sleep(wait)
                 continue
+            # asyncio.timeout, not wait_for: on 3.11 wait_for may swallow a cancel that comes
+            # just as the event is set (the last event added while the client stops).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     def close(self) -> None:
         """Close the file (idempotent); pending events stay in it for the next run."""
