@@ -211,8 +211,8 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
         asyncio.create_task(follow_ended_sessions(store, relay)),
         # Every node records the media its own viewers received.
         asyncio.create_task(EvidenceSampler(store, relay, clock).run(settings.evidence_interval_s)),
-        asyncio.create_task(app[NODE_REPORTER].run()),
     ]
+    reporter = asyncio.create_task(app[NODE_REPORTER].run())
     if not settings.is_edge:
         # Work done once for everyone: by the origin.
         tasks.append(
@@ -241,6 +241,13 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
         )
     )
     yield
+    app[NODE_REPORTER].stop()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(reporter), timeout=10)
+    if not reporter.done():
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
     for task in tasks:
         task.cancel()
     for task in tasks:

@@ -10,6 +10,7 @@ that cannot write its row only logs it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -59,6 +60,7 @@ class NodeReporter:
         self._feeds = feeds
         self._started = clock()
         self._cpu = (time.monotonic(), time.process_time())
+        self._stop = asyncio.Event()
 
     def status(self) -> dict[str, Any]:
         """What this node serves now, and its load since the last report."""
@@ -110,15 +112,21 @@ class NodeReporter:
                 row.started_at, row.seen_at, row.status = self._started, now, status
 
     async def run(self) -> None:
-        """Report now and every ``REPORT_S`` seconds until cancelled."""
-        while True:
+        """Report now and every ``REPORT_S`` seconds until ``stop()``. Stopped, not cancelled:
+        a write cut short by a cancel leaves the pool a connection to roll back at shutdown."""
+        while not self._stop.is_set():
             try:
                 await self.report()
             except StudycastError as exc:
                 log.warning("could not report this node: %s", exc.detail)
             except Exception:
                 log.exception("could not report this node")
-            await asyncio.sleep(REPORT_S)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REPORT_S):
+                    await self._stop.wait()
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def describe(row: Node, now: datetime) -> dict[str, Any]:

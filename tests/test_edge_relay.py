@@ -95,7 +95,7 @@ async def test_an_edge_pulls_once_and_feeds_its_viewers(
             for viewer in viewers:
                 await viewer.hang_up(origin.http, origin.token(TokenRole.MEMBER))
             await wait_for(lambda: not origin_hub.viewers, 10, "the edge to hang up")
-            assert feeds.sessions == []
+            await wait_for(lambda: feeds.sessions == [], 5, "the edge's feed to end")
         finally:
             for viewer in viewers:
                 await viewer.close()

@@ -15,6 +15,7 @@ from attendance.models import (
     Base,
     LoginSession,
     Member,
+    Node,
     OrgUnit,
     PointsEntry,
     PresenceCheck,
@@ -59,7 +60,15 @@ def build_all(now: datetime) -> list[Base]:
             created_at=now,
             updated_at=t,
         ),
-        Venue(id=1, slug="bj-1", name="第1会议室", unit_id=2, capacity=40, created_at=now),
+        Venue(
+            id=1,
+            slug="bj-1",
+            name="第1会议室",
+            unit_id=2,
+            capacity=40,
+            created_at=now,
+            edge_url="http://edge-bj.example:8080",
+        ),
         User(
             id=1,
             username="alice",
@@ -229,6 +238,15 @@ def build_all(now: datetime) -> list[Base]:
             detail={"created": 3},
             prev_hash="0" * 64,
             hash="b" * 64,
+        ),
+        Node(
+            name="edge-bj",
+            role="edge",
+            url="http://edge-bj.example:8080",
+            pid=4242,
+            started_at=now,
+            seen_at=t,
+            status={"sessions": {"1": {"viewers": 3, "by_kind": {"venue": 1, "member": 2}}}},
         ),
     ]
 

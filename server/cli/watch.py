@@ -5,9 +5,9 @@ The work is done in ``client.watch`` and ``client.screen`` (imported when the co
 
 On Linux, OpenCV's window (Qt over xcb) hangs at its first window if PyAV was imported before
 OpenCV: both wheels bundle ``libxcb-shm`` under the same name, and PyAV's copy, loaded first, is
-tied to PyAV's own ``libxcb``. The ``studycast`` command imports aiortc (hence PyAV) before any
-command runs, so the window path runs the command again in a fresh interpreter that imports
-OpenCV first (``_run_opencv_first``).
+tied to PyAV's own ``libxcb``. So the window path imports OpenCV before the client (which
+imports aiortc, hence PyAV); if PyAV was loaded already (a caller imported it), the command runs
+again in a fresh interpreter that imports OpenCV first (``_run_opencv_first``).
 """
 
 from __future__ import annotations
@@ -107,6 +107,8 @@ def watch(
         if "av" in sys.modules and "cv2" not in sys.modules:
             ctx = click.get_current_context()
             ctx.exit(_run_opencv_first(_command_line(ctx.params), token))
+        import cv2  # noqa: F401  (OpenCV before PyAV: see the module docstring)
+
     from client.outbox import default_outbox_path
     from client.watch import WatchOptions, run_watch  # aiortc and OpenCV load only when needed
 
