@@ -221,13 +221,20 @@ async def _run_console(
     finally:
         await watcher.close()
 
-    # Edit the title.
+    # Edit the title, and ask make-up viewers to pass the recording's presence checks; the
+    # rest of the rule, which the form does not show, is kept.
+    async with http.get(f"{base}/api/sessions/{session_id}") as r:
+        rule_before = (await r.json())["attendance_rule"]
+    assert rule_before["makeup_presence"] is False
     await page.click("#edit-session")
     await page.fill("#f-title", "季度学习会（已改期）")
+    await page.check("#f-makeup-presence")
     await page.click("#form-save")
     await page.locator("#s-title").filter(has_text="已改期").wait_for(timeout=WAIT_MS)
     async with http.get(f"{base}/api/sessions/{session_id}") as r:
-        assert (await r.json())["title"] == "季度学习会（已改期）"
+        edited = await r.json()
+    assert edited["title"] == "季度学习会（已改期）"
+    assert edited["attendance_rule"] == {**rule_before, "makeup_presence": True}
 
     # Stop broadcasting, then end the session (after confirming).
     await page.click("#publish-stop")
