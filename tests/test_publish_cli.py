@@ -462,7 +462,10 @@ async def test_the_status_and_its_record_while_live(
     assert events[-1]["state"] == "ended" and events[-1]["detail"] == "enough"
     periodic = [e for e in events[2:-1] if e["state"] == "live"]
     assert len(periodic) >= 2, events
-    assert all({"bitrate_kbps", "fps", "rtt_ms"} <= set(e) for e in periodic), periodic
+    assert all({"bitrate_kbps", "fps"} <= set(e) for e in periodic), periodic
+    # The round trip is known from the server's first receiver report on: not always by the
+    # first periodic report, always by a later one.
+    assert "rtt_ms" in periodic[-1], periodic
     assert all(e["source"] == "numbered.mp4" for e in events)
 
 
