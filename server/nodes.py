@@ -27,6 +27,7 @@ from attendance.models import Node, Role
 from attendance.store import Store
 from server.auth import CLOCK, STORE, require_role
 from server.relay.relay import Relay
+from server.relay.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class NodeReporter:
                 "state": hub.state,
                 "source": None
                 if hub.ingest is None
-                else ("upstream" if hub.ingest.resource_id.startswith("up-") else "broadcaster"),
+                else ("upstream" if isinstance(hub.ingest, Upstream) else "broadcaster"),
                 "viewers": sum(n for k, n in by_kind.items() if k != "edge"),
                 "by_kind": by_kind,
             }
