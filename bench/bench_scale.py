@@ -17,9 +17,10 @@ what an edge costs its origin against what a viewer costs it.
    each edge pulls the session) instead of the viewers (c); the origin's CPU is read over two
    windows of each. Per viewer = (b - a) / K, per edge = (c - a) / K.
 
-The capacity steps' viewers are ``client.loadtest.HeaderCountingViewer``: after the DTLS
-handshake they count frames from the RTP header SRTP leaves in clear, without decrypting (and
-send a receiver report per second from those counts), because the load
+The capacity steps' viewers are ``client.header_viewer.HeaderCountingViewer``: after the DTLS
+handshake one sweep every 100 ms reads their sockets, counts frames from the RTP header SRTP
+leaves in clear, without decrypting, and sends each viewer's receiver report (about one per
+second, from those counts), because the load
 generator shares the two cores with the relay and every core it takes is one the relay under
 test cannot have. They run in ``--procs`` processes at ``--load-nice`` (also their scheduler
 autogroup). Their CPU per viewer is printed beside the relay's, with the capacity per relay core
@@ -375,7 +376,8 @@ async def _sleep_until(when: float, stop: asyncio.Event) -> bool:
 
 async def load_role(urls: list[str], plan: LoadPlan) -> None:
     """Add header-counting viewers step by step; print one ``STEP`` line per counting window."""
-    from client.loadtest import CountingViewer, HeaderCountingViewer
+    from client.header_viewer import HeaderCountingViewer, Sweep
+    from client.loadtest import CountingViewer
     from server.relay.ice import advertise_addresses
 
     advertise_addresses([ICE_ADDRESS])
@@ -407,6 +409,7 @@ async def load_role(urls: list[str], plan: LoadPlan) -> None:
         return viewer.video.frames, viewer.video.lost, viewer.video.expected
 
     def snapshot() -> tuple[float, list[int], int, int]:
+        Sweep.shared().sweep()  # the header viewers' counts up to now, not to the last sweep
         counts = [video(v) for v in crowd]
         lost = sum(c[1] for c in counts)
         expected = sum(c[2] for c in counts)

@@ -9,9 +9,9 @@ sequence gaps. To stay alive for the relay it still feeds the receiver's own RTC
 aiortc's RTCP task keeps sending accurate receiver reports; it sends no NACK, PLI or REMB, and
 the receiver's idle decoder thread is stopped.
 
-``HeaderCountingViewer`` is cheaper still, for loading a relay from the same machine: it reads
-its ICE socket itself and counts frames from the RTP headers SRTP leaves in clear, decrypting
-nothing (``HeaderCounter``, ``install_header_counter``).
+``client.header_viewer.HeaderCountingViewer`` is cheaper still, for loading a relay from the
+machine it runs on: it counts frames from the RTP headers SRTP leaves in clear, decrypting
+nothing.
 
 ``run_loadtest`` spreads viewers over spawned processes, ramps them up, watches, closes them
 (DELETE on the resource, then the peer) and returns a JSON-ready summary.
@@ -24,9 +24,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.queues
 import queue
-import random
 import statistics
-import struct
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -36,7 +34,7 @@ from typing import Any
 import aiohttp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.rtcrtpreceiver import StreamStatistics
-from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket, RtpPacket
+from aiortc.rtp import RtpPacket
 from aiortc.sdp import SessionDescription
 
 from attendance.errors import InvalidInput
@@ -329,276 +327,6 @@ class CountingViewer:
 
 def _ms(start: float | None, end: float | None) -> float | None:
     return None if start is None or end is None else round((end - start) * 1000, 1)
-
-
-# --- the cheapest viewer: clear RTP headers only --------------------------------------------
-
-_RTP_HEADER = struct.Struct("!BBHII")  # V/P/X/CC, M/PT, sequence, timestamp, SSRC
-
-
-class HeaderStream:
-    """One SSRC as seen in clear RTP headers: packets, bytes, frames, sequence gaps."""
-
-    __slots__ = (
-        "bytes",
-        "expected",
-        "frames",
-        "highest",
-        "kind",
-        "late",
-        "lost",
-        "packets",
-        "ssrc",
-    )
-
-    def __init__(self, ssrc: int, kind: str) -> None:
-        self.ssrc = ssrc
-        self.highest = 0  # extended highest sequence number (cycles << 16 | seq), for reports
-        self.kind = kind  # "audio", "video", "rtx" or "unknown" (from the payload type)
-        self.packets = 0
-        self.bytes = 0
-        self.frames = 0
-        self.expected = 0
-        self.lost = 0
-        self.late = 0
-
-
-class HeaderCounter:
-    """Counts a viewer's media from the RTP header SRTP leaves in clear, without decrypting.
-
-    SRTP encrypts only the payload: the 12-byte header (marker bit, payload type, sequence
-    number, timestamp, SSRC) is readable as sent. A video frame ends at a packet with the marker
-    bit (counted once per timestamp), an audio frame is a new timestamp. Nothing is
-    authenticated and keyframes cannot be seen (their bits are in the encrypted payload), so
-    this is for load, not for checking what a viewer would decode.
-    """
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.kinds: dict[int, str] = {}  # payload type → kind, from the SDP answer
-        self.streams: dict[int, HeaderStream] = {}
-        self.rtcp = 0
-        self.first_video_at: float | None = None
-        self._clock = clock
-        self._last: dict[int, tuple[int, int]] = {}  # ssrc → (sequence, timestamp) last seen
-
-    def datagram(self, data: bytes | memoryview) -> bool:
-        """Count one SRTP or SRTCP datagram; False if it is neither (STUN, DTLS)."""
-        if len(data) < 12 or not 127 < data[0] < 192:
-            return False
-        _, second, seq, timestamp, ssrc = _RTP_HEADER.unpack_from(data)
-        if 191 < second < 209:  # RTCP (sender reports, ...): not needed to count media
-            self.rtcp += 1
-            return True
-        stream = self.streams.get(ssrc)
-        if stream is None:
-            kind = self.kinds.get(second & 0x7F, "unknown")
-            stream = self.streams[ssrc] = HeaderStream(ssrc, kind)
-            if kind == "video" and self.first_video_at is None:
-                self.first_video_at = self._clock()
-            last_seq, last_ts = (seq - 1) & 0xFFFF, -1
-        else:
-            last_seq, last_ts = self._last[ssrc]
-        stream.packets += 1
-        stream.bytes += len(data)
-        delta = (seq - last_seq) & 0xFFFF
-        if delta == 0 or delta >= 0x8000:
-            stream.late += 1  # a duplicate or a packet arriving after a later one
-            return True
-        stream.expected += delta
-        stream.lost += delta - 1
-        stream.highest += delta if stream.packets > 1 else seq
-        if timestamp != last_ts and (second & 0x80 or stream.kind != "video"):
-            stream.frames += 1
-            self._last[ssrc] = (seq, timestamp)
-        else:
-            self._last[ssrc] = (seq, last_ts)
-        return True
-
-    def total(self, kind: str, name: str) -> int:
-        """The sum of one count (``frames``, ``packets``, ...) over this kind's SSRCs."""
-        return sum(getattr(s, name) for s in self.streams.values() if s.kind == kind)
-
-
-def install_header_counter(pc: RTCPeerConnection, counter: HeaderCounter) -> None:
-    """Count the media reaching ``pc`` from the clear RTP headers, before aiortc sees it.
-
-    Call after ``setRemoteDescription`` (the transports are bundled then; ICE and DTLS run on
-    their own). Once DTLS has agreed the SRTP keys, every SRTP/SRTCP datagram at the ICE socket
-    goes to ``counter`` instead of aioice's queue, aiortc's decryption, ``RtpPacket`` parsing
-    and receiver routing; STUN (consent checks) and DTLS still reach aioice and aiortc, so the
-    connection stays up and closes as usual. The socket is read straight into one reused
-    buffer, as many datagrams as are queued per wake-up, instead of asyncio's one 256 KB
-    ``recvfrom`` per wake-up. The receivers' idle decoder threads are stopped; their RTCP tasks
-    run on but have nothing to report on.
-    """
-    transceivers = pc.getTransceivers()
-    if not transceivers:
-        raise ValueError("the peer has no transceivers yet")
-    dtls = transceivers[0].receiver.transport
-    connection = getattr(getattr(dtls, "transport", None), "_connection", None)
-    protocols = getattr(connection, "_protocols", None)
-    if not hasattr(dtls, "_rx_srtp") or not isinstance(protocols, list):
-        raise AiortcChanged("cannot reach the ICE sockets under RTCDtlsTransport")
-    for protocol in protocols:
-        _read_socket(protocol, dtls, counter)
-    for transceiver in transceivers:
-        transceiver.receiver._handle_disconnect()  # ends its decoder thread: no packet comes
-
-
-_READS_PER_WAKEUP = 32
-
-
-def _read_socket(protocol: Any, dtls: Any, counter: HeaderCounter) -> None:
-    """Serve ``protocol``'s UDP socket ourselves: SRTP to ``counter``, the rest as before."""
-    original: Callable[[bytes, Any], None] = protocol.datagram_received
-    transport: Any = getattr(protocol, "transport", None)
-    sock: Any = getattr(transport, "_sock", None)
-    loop: Any = getattr(transport, "_loop", None)
-    if sock is None or not callable(getattr(loop, "_add_reader", None)):
-
-        def datagram_received(data: bytes, addr: Any) -> None:  # any other event loop
-            if dtls._rx_srtp is None or not counter.datagram(data):
-                original(data, addr)
-
-        protocol.datagram_received = datagram_received
-        return
-    buffer = bytearray(2048)
-    view = memoryview(buffer)
-
-    def read_ready() -> None:
-        for _ in range(_READS_PER_WAKEUP):
-            try:
-                size, addr = sock.recvfrom_into(buffer)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                protocol.error_received(exc)
-                return
-            data = view[:size]
-            if dtls._rx_srtp is None or not counter.datagram(data):
-                original(bytes(data), addr)
-
-    loop._add_reader(transport._sock_fd, read_ready)  # replaces the transport's reader
-
-
-class HeaderCountingViewer:
-    """A recvonly WHEP viewer (audio + video) that counts frames from clear RTP headers only.
-
-    No SRTP decryption and no aiortc receive path: a tenth to two fifths of
-    ``CountingViewer``'s CPU per viewer (``bench/bench_scale.py``). Use it to load a relay with
-    many viewers from the same machine; use ``CountingViewer`` to check what viewers get
-    (keyframes, retransmissions, accurate receiver reports).
-    """
-
-    def __init__(
-        self,
-        whep_url: str,
-        token: str,
-        *,
-        http: aiohttp.ClientSession,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.whep_url = whep_url
-        self.counter = HeaderCounter(clock)
-        self.pc: RTCPeerConnection | None = None
-        self.resource_url: str | None = None
-        self.posted_at: float | None = None
-        self.answered_at: float | None = None
-        self.error: str | None = None
-        self.close_error: str | None = None
-        self._token = token
-        self._http = http
-        self._request_timeout = request_timeout
-        self._clock = clock
-        self._closing: asyncio.Task[None] | None = None
-        self._reports: asyncio.Task[None] | None = None
-        self._rtcp_ssrc = random.randint(1, 0xFFFFFFFF)  # noqa: S311 (an id, not a secret)
-
-    async def start(self) -> None:
-        """Offer, POST, apply the answer and hook the counter; media then gets counted, and a
-        receiver report goes back about once a second, as from a browser."""
-        if self.pc is not None:
-            raise RuntimeError("a viewer starts once")
-        pc = self.pc = RTCPeerConnection(configuration=rtc_configuration())
-        for kind in ("audio", "video"):
-            pc.addTransceiver(kind, direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        self.posted_at = self._clock()
-        answer, self.resource_url = await post_offer(
-            self._http,
-            self.whep_url,
-            self._token,
-            pc.localDescription.sdp,
-            request_timeout=self._request_timeout,
-        )
-        self.answered_at = self._clock()
-        for kind, types in payload_codecs(answer).items():
-            for payload_type, codec in types.items():
-                self.counter.kinds[payload_type] = "rtx" if codec == "rtx" else kind
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        install_header_counter(pc, self.counter)
-        self._reports = asyncio.create_task(self._report())
-
-    async def _report(self) -> None:
-        """A receiver report per 0.5-1.5 s (aiortc's interval) from the header counts: loss and
-        highest sequence per SSRC; no jitter and no round-trip fields (we skip sender reports)."""
-        assert self.pc is not None
-        dtls = self.pc.getTransceivers()[0].receiver.transport
-        previous: dict[int, tuple[int, int]] = {}
-        while True:
-            await asyncio.sleep(0.5 + random.random())  # noqa: S311 (timing, not security)
-            reports = []
-            for stream in list(self.counter.streams.values()):
-                if stream.kind not in ("audio", "video"):
-                    continue
-                expected, lost = previous.get(stream.ssrc, (0, 0))
-                previous[stream.ssrc] = (stream.expected, stream.lost)
-                new, missing = stream.expected - expected, stream.lost - lost
-                fraction = min(255, (missing << 8) // new) if new > 0 and missing > 0 else 0
-                reports.append(
-                    RtcpReceiverInfo(
-                        ssrc=stream.ssrc,
-                        fraction_lost=fraction,
-                        packets_lost=min(max(stream.lost, 0), 0x7FFFFF),
-                        highest_sequence=stream.highest & 0xFFFFFFFF,
-                        jitter=0,
-                        lsr=0,
-                        dlsr=0,
-                    )
-                )
-            if reports and dtls._rx_srtp is not None:
-                packet = RtcpRrPacket(ssrc=self._rtcp_ssrc, reports=reports)
-                with contextlib.suppress(ConnectionError):
-                    await dtls._send_rtp(bytes(packet))
-
-    def frames(self, kind: str = "video") -> int:
-        return self.counter.total(kind, "frames")
-
-    async def close(self) -> None:
-        """DELETE the WHEP resource (if we got one) and close the peer; idempotent."""
-        if self._closing is None:
-            self._closing = asyncio.create_task(self._close())
-        await asyncio.shield(self._closing)
-
-    async def _close(self) -> None:
-        if self._reports is not None:
-            self._reports.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reports
-        try:
-            if self.resource_url is not None:
-                await delete_resource(
-                    self._http,
-                    self.resource_url,
-                    self._token,
-                    request_timeout=self._request_timeout,
-                )
-        except SignallingError as exc:
-            self.close_error = str(exc)
-        finally:
-            if self.pc is not None:
-                await self.pc.close()
 
 
 # --- many viewers in one process ------------------------------------------------------------

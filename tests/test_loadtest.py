@@ -9,38 +9,29 @@ import itertools
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from fractions import Fraction
-from typing import Any
 
 import aiohttp
 import av
 import pytest
-from aiohttp import web
-from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder, VpxPayloadDescriptor
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RtpPacket
 from click.testing import CliRunner
+from whep_support import TOKEN, WAIT, WhepEndpoint, eventually, remote_reports, whep_endpoint
 
 from client import loadtest as lt
 from client.clip import EncodedClip, make_clip
 from client.loadtest import CountingViewer, StreamCounter, is_keyframe_start, run_loadtest
 from client.publisher import (
-    PacedPacketTrack,
     SignallingError,
-    audio_codec_preferences,
-    hook_keyframe_requests,
-    video_codec_preferences,
 )
 from server.cli.loadtest import loadtest
 from server.relay.ice import advertise_addresses, rtc_configuration
-
-TOKEN = "viewer-token"
-WAIT = 10.0
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -185,89 +176,13 @@ def test_audio_frames_are_packets() -> None:
 # --- a WHEP endpoint to watch -----------------------------------------------------------------
 
 
-@dataclass
-class Served:
-    pc: RTCPeerConnection
-    senders: dict[str, RTCRtpSender]
-    tracks: dict[str, PacedPacketTrack]
-
-
-@dataclass
-class WhepEndpoint:
-    url: str
-    clip: EncodedClip
-    served: dict[str, Served] = field(default_factory=dict)
-    deleted: list[str] = field(default_factory=list)
-
-
 @pytest.fixture
 async def whep(
     request: pytest.FixtureRequest, clips: dict[str, EncodedClip]
 ) -> AsyncIterator[WhepEndpoint]:
     """Serves the clip (``h264`` unless parametrised indirectly) to every WHEP viewer."""
-    numbers = itertools.count(1)
-    endpoint = WhepEndpoint(url="", clip=clips[getattr(request, "param", "h264")])
-
-    async def post(request: web.Request) -> web.Response:
-        if request.headers.get("Authorization") != f"Bearer {TOKEN}":
-            return web.json_response({"error": "unauthorized", "detail": "bad token"}, status=401)
-        pc = RTCPeerConnection(configuration=rtc_configuration())
-        served = Served(pc, {}, {})
-        for kind in ("audio", "video"):
-            track = PacedPacketTrack(kind, endpoint.clip)
-            transceiver = pc.addTransceiver(track, direction="sendonly")
-            transceiver.setCodecPreferences(
-                audio_codec_preferences()
-                if kind == "audio"
-                else video_codec_preferences(endpoint.clip)
-            )
-            served.senders[kind], served.tracks[kind] = transceiver.sender, track
-        hook_keyframe_requests(served.senders["video"], served.tracks["video"])
-        await pc.setRemoteDescription(RTCSessionDescription(await request.text(), "offer"))
-        await pc.setLocalDescription(await pc.createAnswer())
-        resource = f"{request.match_info['session']}/{next(numbers)}"
-        endpoint.served[resource] = served
-        return web.Response(
-            status=201,
-            body=pc.localDescription.sdp.encode(),
-            content_type="application/sdp",
-            headers={"Location": f"{endpoint.url}/{resource.split('/')[1]}"},  # absolute
-        )
-
-    async def delete(request: web.Request) -> web.Response:
-        resource = f"{request.match_info['session']}/{request.match_info['n']}"
-        if resource not in endpoint.served:
-            return web.json_response({"error": "not_found", "detail": "no such"}, status=404)
-        endpoint.deleted.append(resource)
-        await endpoint.served[resource].pc.close()
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/whep/{session}", post)
-    app.router.add_delete("/whep/{session}/{n}", delete)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    endpoint.url = f"http://127.0.0.1:{runner.addresses[0][1]}/whep/s1"
-    try:
+    async with whep_endpoint(clips[getattr(request, "param", "h264")]) as endpoint:
         yield endpoint
-    finally:
-        for served in endpoint.served.values():
-            await served.pc.close()
-        await runner.cleanup()
-
-
-async def eventually(condition: Callable[[], bool], what: str, within: float = WAIT) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def remote_reports(sender: RTCRtpSender) -> list[Any]:
-    """Receiver reports the sender got back (aiortc files them as remote-inbound-rtp)."""
-    return [s for s in (await sender.getStats()).values() if s.type == "remote-inbound-rtp"]
 
 
 @pytest.mark.parametrize("whep", ["vp8", "h264"], indirect=True)
