@@ -88,6 +88,7 @@ from bench_relay import (  # noqa: E402 (after the path set-up)
     udp_drops,
     wait_until,
 )
+from core_scaling import core_scaling, describe  # noqa: E402 (after the path set-up)
 
 SECRET = "bench-scale-fixed-secret-key-0123456789abcdef"  # shared by origin, workers and edges
 GOOD_FPS_SHARE = 0.95  # a viewer is served at >= 95 % of the published frame rate
@@ -409,7 +410,7 @@ async def load_role(urls: list[str], plan: LoadPlan) -> None:
         return viewer.video.frames, viewer.video.lost, viewer.video.expected
 
     def snapshot() -> tuple[float, list[int], int, int]:
-        Sweep.shared().sweep()  # the header viewers' counts up to now, not to the last sweep
+        Sweep.shared().sweep(limit=None)  # header viewers: counts up to now, not the last sweep
         counts = [video(v) for v in crowd]
         lost = sum(c[1] for c in counts)
         expected = sum(c[2] for c in counts)
@@ -979,6 +980,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         workdir = Path(args.keep_logs) if args.keep_logs else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         if not args.skip_capacity:
+            scaling = out["core_scaling"] = []
+            if args.probe_seconds:
+                log("the machine's own scaling for relay-like work (core_scaling.py)")
+                scaling.append(await asyncio.to_thread(core_scaling, args.probe_seconds))
+                log("  " + describe(scaling[-1]).replace("\n", "\n  "))
             for workers in args.workers:
                 log(f"capacity with --workers {workers}")
                 try:
@@ -987,6 +993,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     log(f"  failed: {exc}")
                     out["capacity"].append({"workers": workers, "failed": str(exc), "steps": []})
                 CHILDREN.stop_all()
+            if args.probe_seconds:
+                log("the machine's own scaling again, after the capacity runs")
+                scaling.append(await asyncio.to_thread(core_scaling, args.probe_seconds))
+                log("  " + describe(scaling[-1]).replace("\n", "\n  "))
         if not args.skip_edges:
             log(f"origin CPU: broadcaster only, + {args.edges} viewers, + {args.edges} edges")
             try:
@@ -1028,6 +1038,12 @@ def main() -> None:
     parser.add_argument("--quiet-load", type=float, default=0.7, help="wait for loadavg below")
     parser.add_argument("--quiet-wait", type=float, default=600.0, help="at most this long (600)")
     parser.add_argument("--skip-capacity", action="store_true", help="only the edge cost")
+    parser.add_argument(
+        "--probe-seconds",
+        type=float,
+        default=5.0,
+        help="core_scaling.py's run length before and after the capacity runs; 0: skip (5)",
+    )
     parser.add_argument("--skip-edges", action="store_true", help="only the capacity")
     parser.add_argument("--json", help="also write every raw figure to this file")
     parser.add_argument("--keep-logs", help="directory for the child processes' logs")
@@ -1059,6 +1075,8 @@ def main() -> None:
         parser.error("--procs 1..4, --load-nice 0..19")
     if not (0 <= args.quiet_wait <= 600):
         parser.error("--quiet-wait 0..600")
+    if args.probe_seconds and not 1 <= args.probe_seconds <= 60:
+        parser.error("--probe-seconds 0 or 1..60")
 
     def terminated(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt

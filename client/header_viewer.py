@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import struct
 import time
@@ -223,13 +224,15 @@ class Sweep:
     def discard(self, viewer: HeaderCountingViewer) -> None:
         self._viewers.pop(id(viewer), None)
 
-    def sweep(self) -> None:
-        """One pass over every viewer (what the task does each interval)."""
+    def sweep(self, limit: int | None = MAX_READS_PER_VISIT) -> None:
+        """One pass over every viewer (what the task does each interval): at most ``limit``
+        datagrams per socket, or (None) until every socket is empty, which makes the counts
+        exact as of the pass's end, however long the process waited for a core."""
         now = self._clock()
         self.sweeps += 1
         for key, viewer in list(self._viewers.items()):
             try:
-                keep = viewer.visit(now)
+                keep = viewer.visit(now, limit)
             except Exception as exc:  # one broken viewer must not stop the others' sweep
                 viewer.error = f"sweep: {type(exc).__name__}: {exc}"
                 keep = False
@@ -333,7 +336,7 @@ class HeaderCountingViewer:
             self._sweep = Sweep.shared()
         return self._sweep
 
-    def visit(self, now: float) -> bool:
+    def visit(self, now: float, limit: int | None = MAX_READS_PER_VISIT) -> bool:
         """The sweep's call: read what queued, report if due. False once the socket is gone."""
         reader = self._reader
         if reader is None:
@@ -341,7 +344,7 @@ class HeaderCountingViewer:
                 # Still connecting: asyncio's reader serves ICE and DTLS meanwhile.
                 return self.pc is not None and self.pc.connectionState != "closed"
             reader = self._take_over(now)
-        if not reader.read(self.counter):
+        if not reader.read(self.counter, limit):
             return False
         if self._idle_receivers:
             self._idle_receivers = [r for r in self._idle_receivers if not _stop_receiver(r)]
@@ -414,9 +417,10 @@ class _SocketReader:
         self._remote = remote
         self._buffer = bytearray(2048)
 
-    def read(self, counter: HeaderCounter) -> bool:
+    def read(self, counter: HeaderCounter, limit: int | None) -> bool:
+        """Read until the queue is empty or ``limit`` datagrams were read; False once closed."""
         recv_into, buffer, count = self._sock.recv_into, self._buffer, counter.count
-        for _ in range(MAX_READS_PER_VISIT):
+        for _ in itertools.repeat(None) if limit is None else range(limit):
             try:
                 size = recv_into(buffer)
             except (BlockingIOError, InterruptedError):

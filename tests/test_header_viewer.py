@@ -224,3 +224,27 @@ async def test_a_refused_header_viewer_never_joins_the_sweep(whep: WhepEndpoint)
         with pytest.raises(RuntimeError, match="starts once"):
             await viewer.start()
     assert len(sweep) == 0 and whep.deleted == [] and viewer.frames() == 0
+
+
+async def test_a_sweep_without_a_limit_reads_every_socket_empty(whep: WhepEndpoint) -> None:
+    def datagrams(viewer: HeaderCountingViewer) -> int:
+        return viewer.counter.rtcp + sum(s.packets for s in viewer.counter.streams.values())
+
+    sweep = Sweep(1.0)  # its own pass once a second: the test's passes run in between
+    async with aiohttp.ClientSession() as http:
+        viewer = HeaderCountingViewer(whep.url, TOKEN, http=http, sweep=sweep)
+        try:
+            await asyncio.wait_for(viewer.start(), WAIT)
+            await eventually(lambda: viewer.swept_since is not None, "the sweep to take over")
+            sweep.sweep(limit=None)
+            await asyncio.sleep(0.7)  # about 85 datagrams of audio and video queue meanwhile
+            before = datagrams(viewer)
+            sweep.sweep(limit=1)
+            one = datagrams(viewer) - before
+            sweep.sweep(limit=None)
+            rest = datagrams(viewer) - before - one
+            sweep.sweep(limit=None)
+            again = datagrams(viewer) - before - one - rest
+        finally:
+            await viewer.close()
+    assert one <= 1 and rest > 50 and again <= 2
