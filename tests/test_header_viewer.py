@@ -16,6 +16,7 @@ import pytest
 from whep_support import TOKEN, WAIT, WhepEndpoint, eventually, remote_reports, whep_endpoint
 
 from client.clip import EncodedClip, make_clip
+from client.header_batch import DatagramTable
 from client.header_viewer import HeaderCounter, HeaderCountingViewer, Sweep
 from client.publisher import SignallingError
 from server.relay.ice import advertise_addresses
@@ -137,8 +138,17 @@ def test_a_sweep_interval_is_bounded() -> None:
 # --- real viewers -----------------------------------------------------------------------------
 
 
-async def test_header_viewers_count_real_time_frames_and_report_back(whep: WhepEndpoint) -> None:
-    sweep = Sweep(0.05)
+# Read with recvmmsg into a table counted once per pass (Linux), and one datagram at a time.
+READING = [pytest.param(True, id="batched"), pytest.param(False, id="one-by-one")]
+if not DatagramTable.available():
+    READING[0] = pytest.param(True, id="batched", marks=pytest.mark.skip("no recvmmsg here"))
+
+
+@pytest.mark.parametrize("batched", READING)
+async def test_header_viewers_count_real_time_frames_and_report_back(
+    whep: WhepEndpoint, batched: bool
+) -> None:
+    sweep = Sweep(0.05, batched=batched)
     watch = 3.0
     async with aiohttp.ClientSession() as http:
         viewers = [HeaderCountingViewer(whep.url, TOKEN, http=http, sweep=sweep) for _ in range(3)]
@@ -186,15 +196,16 @@ async def eventually_async(probe: object, what: str) -> None:
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.parametrize("batched", READING)
 async def test_consent_checks_are_answered_and_a_dead_sender_drops_the_viewer(
-    whep: WhepEndpoint, monkeypatch: pytest.MonkeyPatch
+    whep: WhepEndpoint, monkeypatch: pytest.MonkeyPatch, batched: bool
 ) -> None:
     # Consent (RFC 7675) every 0.1 s instead of 5 s, a check unanswered after 0.1 s instead of
     # 0.5 s: unanswered, the sender would give up on this viewer within a second, and this
     # viewer gives up on a silent sender as quickly.
     monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.1)
     monkeypatch.setattr(aioice.stun, "RETRY_RTO", 0.1)
-    sweep = Sweep(0.05)
+    sweep = Sweep(0.05, batched=batched)
     async with aiohttp.ClientSession() as http:
         viewer = HeaderCountingViewer(whep.url, TOKEN, http=http, sweep=sweep)
         try:
