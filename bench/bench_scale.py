@@ -90,6 +90,8 @@ from bench_relay import (  # noqa: E402 (after the path set-up)
 )
 from core_scaling import core_scaling, describe  # noqa: E402 (after the path set-up)
 
+from client import netfilter_tally  # noqa: E402 (after the path set-up)
+
 SECRET = "bench-scale-fixed-secret-key-0123456789abcdef"  # shared by origin, workers and edges
 GOOD_FPS_SHARE = 0.95  # a viewer is served at >= 95 % of the published frame rate
 REQUEST_TIMEOUT = 10.0
@@ -345,6 +347,7 @@ class LoadPlan:
     hold: float  # after the last step, keep watching this long (or until SIGTERM)
     share: list[int] | None = None  # this process's part of ``counts`` (None: all of it)
     viewer: str = "header"  # HeaderCountingViewer; "counting": CountingViewer (aiortc's RTCP)
+    count: str = "sweep"  # header viewers' frames: "sweep" (recvmmsg) or "kernel" (nftables)
 
     def join_s(self, step: int) -> float:
         return self.counts[step] / self.rate
@@ -379,6 +382,7 @@ async def load_role(urls: list[str], plan: LoadPlan) -> None:
     """Add header-counting viewers step by step; print one ``STEP`` line per counting window."""
     from client.header_viewer import HeaderCountingViewer, Sweep
     from client.loadtest import CountingViewer
+    from client.netfilter_tally import NetfilterTally
     from server.relay.ice import advertise_addresses
 
     advertise_addresses([ICE_ADDRESS])
@@ -401,16 +405,23 @@ async def load_role(urls: list[str], plan: LoadPlan) -> None:
     def video(viewer: HeaderCountingViewer | CountingViewer) -> tuple[int, int, int]:
         """Frames, lost and expected packets of the viewer's video so far."""
         if isinstance(viewer, HeaderCountingViewer):
-            c = viewer.counter
+            c = viewer.counter  # (in the kernel's count, lost and expected stop at take-over)
             return (
-                c.total("video", "frames"),
+                viewer.frames("video"),
                 c.total("video", "lost"),
                 c.total("video", "expected"),
             )
         return viewer.video.frames, viewer.video.lost, viewer.video.expected
 
+    tally = NetfilterTally() if plan.count == "kernel" and plan.viewer == "header" else None
+    if tally is not None:
+        tally.open()
+        Sweep.shared().count_in_kernel(tally)
+
     def snapshot() -> tuple[float, list[int], int, int]:
         Sweep.shared().sweep(limit=None)  # header viewers: counts up to now, not the last sweep
+        if tally is not None:
+            tally.refresh()
         counts = [video(v) for v in crowd]
         lost = sum(c[1] for c in counts)
         expected = sum(c[2] for c in counts)
@@ -460,6 +471,8 @@ async def load_role(urls: list[str], plan: LoadPlan) -> None:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CLOSE_TIMEOUT_S):
                     await asyncio.gather(*(v.close() for v in crowd), return_exceptions=True)
+            if tally is not None:
+                tally.close()
             print("CLOSED " + json.dumps({"viewers": len(crowd)}), flush=True)
 
 
@@ -669,6 +682,7 @@ async def capacity_run(
                 rate=MAX_JOIN_RATE,
                 settle=SETTLE_S,
                 hold=10.0,
+                count=args.count,
             )
             load = LoadProcesses.start(
                 rundir,
@@ -1035,6 +1049,13 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=20.0, help="origin CPU window, s (20)")
     parser.add_argument("--procs", type=int, default=1, help="load processes (1)")
     parser.add_argument("--load-nice", type=int, default=10, help="nice of the load (10)")
+    parser.add_argument(
+        "--count",
+        choices=("auto", "kernel", "sweep"),
+        default="auto",
+        help="how header viewers count frames: in the kernel (nftables, root) or by reading "
+        "their sockets; auto: the kernel where it can (auto)",
+    )
     parser.add_argument("--quiet-load", type=float, default=0.7, help="wait for loadavg below")
     parser.add_argument("--quiet-wait", type=float, default=600.0, help="at most this long (600)")
     parser.add_argument("--skip-capacity", action="store_true", help="only the edge cost")
@@ -1077,6 +1098,13 @@ def main() -> None:
         parser.error("--quiet-wait 0..600")
     if args.probe_seconds and not 1 <= args.probe_seconds <= 60:
         parser.error("--probe-seconds 0 or 1..60")
+    why_not = netfilter_tally.unavailable()
+    if args.count == "kernel" and why_not:
+        parser.error(f"--count kernel: {why_not}")
+    if args.count == "auto":
+        args.count = "sweep" if why_not else "kernel"
+    if args.count == "kernel":
+        netfilter_tally.remove_stale()
 
     def terminated(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -1088,6 +1116,16 @@ def main() -> None:
         flush=True,
     )
     print("command: " + shlex.join([".venv/bin/python", "bench/bench_scale.py", *sys.argv[1:]]))
+    print(
+        "load viewers count frames "
+        + (
+            "in the kernel (nftables), before their sockets"
+            if args.count == "kernel"
+            else f"by reading their sockets (the kernel cannot: {why_not})"
+            if why_not
+            else "by reading their sockets (--count sweep)"
+        )
+    )
     try:
         out = asyncio.run(bench(args))
     except KeyboardInterrupt:

@@ -34,6 +34,7 @@ from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket
 
 from client.header_batch import DatagramTable
 from client.loadtest import payload_codecs
+from client.netfilter_tally import NetfilterTally
 from client.publisher import (
     DEFAULT_REQUEST_TIMEOUT,
     AiortcChanged,
@@ -204,6 +205,7 @@ class Sweep:
         # One recvmmsg per socket and one vectorised count per pass, where the system has it.
         self.batched = DatagramTable.available() if batched is None else batched
         self._table: DatagramTable | None = None
+        self.tally: NetfilterTally | None = None  # see ``count_in_kernel``
         self._clock = clock
         self._viewers: dict[int, HeaderCountingViewer] = {}  # insertion order: visit order
         self._task: asyncio.Task[None] | None = None
@@ -218,6 +220,11 @@ class Sweep:
 
     def __len__(self) -> int:
         return len(self._viewers)
+
+    def count_in_kernel(self, tally: NetfilterTally) -> None:
+        """Have the kernel count (and drop) the RTP of viewers taken over from now on: their
+        video frames are then ``tally``'s per-port counts, read by ``tally.refresh()``."""
+        self.tally = tally
 
     @property
     def running(self) -> bool:
@@ -250,6 +257,8 @@ class Sweep:
                 self._viewers.pop(key, None)
         if self._table is not None:
             self._table.flush()
+        if self.tally is not None:
+            self.tally.sync()
         for key, viewer in list(self._viewers.items()):  # reports from the counts just made
             try:
                 viewer.report_if_due(now)
@@ -294,6 +303,7 @@ class HeaderCountingViewer:
         self.posted_at: float | None = None
         self.answered_at: float | None = None
         self.swept_since: float | None = None  # when the sweep took the socket over
+        self.port: int | None = None  # the local UDP port of the nominated ICE pair
         self.reports_sent = 0
         self.error: str | None = None
         self.close_error: str | None = None
@@ -393,6 +403,11 @@ class HeaderCountingViewer:
             loop._remove_reader(sock.fileno())
         self._reader = _SocketReader(sock, pair.protocol, pair.remote_addr)
         self.swept_since = now
+        self.port = sock.getsockname()[1]
+        tally = self._the_sweep().tally
+        if tally is not None:
+            video = [pt for pt, kind in self.counter.kinds.items() if kind == "video"]
+            tally.watch(self.port, video)
         self._next_report = now + random.uniform(*REPORT_INTERVAL)  # noqa: S311
         return self._reader
 
@@ -406,7 +421,13 @@ class HeaderCountingViewer:
             self.reports_sent += 1
 
     def frames(self, kind: str = "video") -> int:
-        return self.counter.total(kind, "frames")
+        """Frames counted so far: by the sweep, plus by the kernel where it counts them (as of
+        the tally's last ``refresh()``)."""
+        counted = self.counter.total(kind, "frames")
+        tally = self._sweep.tally if self._sweep is not None else None
+        if kind == "video" and tally is not None and self.port is not None:
+            counted += tally.frames.get(self.port, 0)
+        return counted
 
     async def close(self) -> None:
         """DELETE the WHEP resource (if we got one) and close the peer; idempotent."""
@@ -415,7 +436,10 @@ class HeaderCountingViewer:
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
-        self._the_sweep().discard(self)
+        sweep = self._the_sweep()
+        sweep.discard(self)
+        if sweep.tally is not None and self.port is not None:
+            sweep.tally.forget(self.port)
         try:
             if self.resource_url is not None:
                 await delete_resource(
