@@ -664,6 +664,11 @@ async def capacity_run(
     """Add viewers in steps until fewer than ``--served-share`` of them are served."""
     tag = f"w{workers}"
     rundir = workdir / tag
+    for again in range(2, 100):  # --workers 1,2,1,2: each run its own directory
+        if not rundir.exists():
+            break
+        tag = f"w{workers}-{again}"
+        rundir = workdir / tag
     rundir.mkdir()
     result: dict[str, Any] = {"workers": workers, "steps": []}
     result["machine"] = await wait_quiet(args.quiet_load, args.quiet_wait, log)
