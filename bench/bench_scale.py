@@ -17,23 +17,28 @@ what an edge costs its origin against what a viewer costs it.
    each edge pulls the session) instead of the viewers (c); the origin's CPU is read over two
    windows of each. Per viewer = (b - a) / K, per edge = (c - a) / K.
 
-The capacity steps' viewers are ``client.header_viewer.HeaderCountingViewer``: after the DTLS
-handshake one sweep every 100 ms reads their sockets, counts frames from the RTP header SRTP
-leaves in clear, without decrypting, and sends each viewer's receiver report (about one per
-second, from those counts), because the load
-generator shares the two cores with the relay and every core it takes is one the relay under
-test cannot have. They run in ``--procs`` processes at ``--load-nice`` (also their scheduler
-autogroup). Their CPU per viewer is printed beside the relay's, with the capacity per relay core
-(viewers per core the relay processes actually used), which is what the machine allows once the
-load tool is elsewhere.
+The capacity steps' viewers are ``client.header_viewer.HeaderCountingViewer``s, because the
+load generator shares the two cores with the relay and every core-second it takes is one the
+relay under test cannot have. After the DTLS handshake a sweep visits them every 100 ms and
+sends each one's receiver report (about one per second). Their video frames are counted, by
+``--count``: ``kernel`` (the default where it can: root and Debian's nftables) has a
+``client.netfilter_tally.NetfilterTally`` count per viewer port the RTP packets that end a video
+frame and drop all RTP at the input hook, before the sockets (STUN, DTLS and RTCP still reach
+them), so the load costs ~0.1 ms per viewer-second; ``sweep`` reads the sockets with one
+``recvmmsg`` each and counts the clear RTP headers (~0.25 ms). In ``kernel`` mode the packet
+loss columns only cover the packets before each viewer's take-over. They run in ``--procs``
+processes at ``--load-nice`` (also their scheduler autogroup). Their CPU per viewer is printed
+beside the relay's, with the capacity per relay core (viewers per core the relay processes
+actually used), which is what the machine allows once the load tool is elsewhere.
 
 Before each measurement the script waits (at most ``--quiet-wait`` seconds) for the 1-minute
 load average to fall below ``--quiet-load`` and prints it. Every child process is stopped at the
 end (Ctrl-C and SIGTERM too, and by the kernel if the script dies); every wait has a limit.
 
     .venv/bin/python bench/bench_scale.py --postgres postgresql://127.0.0.1:5432/test
-        [--start 150] [--step 30] [--interval 8] [--max-viewers 800] [--edges 3] [--window 20]
-        [--procs 1] [--load-nice 10] [--quiet-load 0.7] [--quiet-wait 600] [--json FILE]
+        [--start 150] [--step 30] [--interval 8] [--max-viewers 1500] [--edges 3] [--window 20]
+        [--procs 1] [--load-nice 10] [--count auto|kernel|sweep] [--quiet-load 0.7]
+        [--quiet-wait 600] [--json FILE]
         [--keep-logs DIR] [--workers 1,2] [--skip-capacity] [--skip-edges]
 """
 
@@ -1040,7 +1045,7 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=150, help="viewers in the first step (150)")
     parser.add_argument("--step", type=int, default=30, help="viewers added per step (30)")
     parser.add_argument("--interval", type=float, default=8.0, help="seconds per step (8)")
-    parser.add_argument("--max-viewers", type=int, default=800, help="last step at most (800)")
+    parser.add_argument("--max-viewers", type=int, default=1500, help="last step at most (1500)")
     parser.add_argument(
         "--served-share",
         type=float,
@@ -1048,7 +1053,7 @@ def main() -> None:
         help="share of viewers at >= 95 %% of the frame rate for a step to count (0.95)",
     )
     parser.add_argument(
-        "--capacity-seconds", type=float, default=240.0, help="steps per W stop after (240)"
+        "--capacity-seconds", type=float, default=480.0, help="steps per W stop after (480)"
     )
     parser.add_argument("--edges", type=int, default=3, help="K viewers and K edges (3)")
     parser.add_argument("--window", type=float, default=20.0, help="origin CPU window, s (20)")

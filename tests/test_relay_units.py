@@ -5,6 +5,7 @@ codec policy on offers aiortc generated, and token checks."""
 from __future__ import annotations
 
 import fractions
+import gc
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from av.video.frame import PictureType
 from relay_support import ICE_ADDRESSES
 
 from attendance.errors import AuthError, Forbidden, InvalidInput
+from server import collector
 from server.http_errors import status_for
 from server.relay import codecs
 from server.relay.feedback import KeyframeRequests
@@ -621,3 +623,15 @@ def test_tokens_that_are_refused() -> None:
 )
 def test_bearer(header: str | None, token: str) -> None:
     assert bearer(header) == token
+
+
+def test_the_collector_is_tuned_and_start_up_objects_are_frozen() -> None:
+    before = gc.get_threshold()
+    try:
+        collector.tune()
+        assert gc.get_threshold() == collector.THRESHOLDS
+        collector.settle()
+        assert gc.get_freeze_count() > 1000  # the test process's modules, at least
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -103,7 +103,10 @@ def serve(
 async def _serve(settings: Settings, demo: bool, plan: WorkerPlan | None) -> None:
     settings.ensure_data_dir()
     secret = settings.resolved_secret_key()  # made now, not on the first request
+    from server import collector
     from server.app import create_app  # imported here: keeps `studycast --help` quick
+
+    collector.tune()
 
     if plan is not None and plan.index > 0:
         settings = worker_settings(settings, plan, secret)
@@ -131,6 +134,7 @@ async def _serve(settings: Settings, demo: bool, plan: WorkerPlan | None) -> Non
         if plan is None or plan.index == 0:
             pages = await _demo_pages(store, settings, seeded, settings.base_url(port))
             _announce(settings.base_url(port), seeded, settings.data_dir / LOGINS_FILE, pages)
+        collector.settle()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
