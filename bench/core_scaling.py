@@ -31,14 +31,14 @@ VIEWERS = 200
 ROUNDS_PER_DRAIN = 8  # ~8 datagrams queue per socket between reads
 
 
-def relay_like_work(seconds: float) -> int:
+def relay_like_work(seconds: float, viewers: int = VIEWERS) -> int:
     """Packets protected, sent and read back within ``seconds``: one SRTP session and one
     receiving socket per viewer, ``VIEWERS`` of them served in turn (a relay's fan-out), every
     socket read empty once per ``ROUNDS_PER_DRAIN`` rounds (a load viewer's sweep)."""
     from pylibsrtp import Policy, Session
 
     sessions, receivers = [], []
-    for n in range(VIEWERS):
+    for n in range(viewers):
         key = bytes((n + i) & 0xFF for i in range(30))
         sessions.append(Session(policy=Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)))
         receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -57,7 +57,7 @@ def relay_like_work(seconds: float) -> int:
             packet = header + payload
             for session, address in zip(sessions, addresses, strict=True):
                 sender.sendto(session.protect(packet), address)
-            packets += VIEWERS
+            packets += viewers
             rounds += 1
             if rounds % ROUNDS_PER_DRAIN == 0:
                 for receiver in receivers:
@@ -73,7 +73,7 @@ def relay_like_work(seconds: float) -> int:
     return packets
 
 
-def arithmetic_work(seconds: float) -> int:
+def arithmetic_work(seconds: float, viewers: int = VIEWERS) -> int:
     """Rounds of a small pure-Python loop within ``seconds`` (no memory traffic to speak of)."""
     rounds = 0
     end = time.perf_counter() + seconds
@@ -88,18 +88,18 @@ def arithmetic_work(seconds: float) -> int:
 WORKS = {"relay_like": relay_like_work, "arithmetic": arithmetic_work}
 
 
-def _worker(name: str, seconds: float, start: Any, results: Any) -> None:
+def _worker(name: str, seconds: float, viewers: int, start: Any, results: Any) -> None:
     start.wait()
-    results.put(WORKS[name](seconds))
+    results.put(WORKS[name](seconds, viewers))
 
 
-def measure(name: str, procs: int, seconds: float) -> list[int]:
+def measure(name: str, procs: int, seconds: float, viewers: int = VIEWERS) -> list[int]:
     """Run ``procs`` processes of one work at the same time; each one's count."""
     context = multiprocessing.get_context("spawn")
     start = context.Event()
     results = context.Queue()
     children = [
-        context.Process(target=_worker, args=(name, seconds, start, results), daemon=True)
+        context.Process(target=_worker, args=(name, seconds, viewers, start, results), daemon=True)
         for _ in range(procs)
     ]
     for child in children:
@@ -116,13 +116,15 @@ def measure(name: str, procs: int, seconds: float) -> list[int]:
     return counts
 
 
-def core_scaling(seconds: float = 5.0, procs: int | None = None) -> dict[str, Any]:
+def core_scaling(
+    seconds: float = 5.0, procs: int | None = None, viewers: int = VIEWERS
+) -> dict[str, Any]:
     """Per work: rate alone, rate of ``procs`` at once, and the ratio."""
     procs = procs or os.cpu_count() or 1
-    report: dict[str, Any] = {"procs": procs, "seconds": seconds}
+    report: dict[str, Any] = {"procs": procs, "seconds": seconds, "viewers": viewers}
     for name in WORKS:
-        (alone,) = measure(name, 1, seconds)
-        together = measure(name, procs, seconds)
+        (alone,) = measure(name, 1, seconds, viewers)
+        together = measure(name, procs, seconds, viewers)
         report[name] = {
             "alone_per_s": round(alone / seconds),
             "together_per_s": round(sum(together) / seconds),
@@ -147,11 +149,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement (5)")
     parser.add_argument("--procs", type=int, default=None, help="at once (the core count)")
+    parser.add_argument(
+        "--viewers", type=int, default=VIEWERS, help=f"SRTP sessions and sockets ({VIEWERS})"
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args()
     if not 1 <= args.seconds <= 60 or (args.procs is not None and not 1 <= args.procs <= 64):
         parser.error("--seconds 1..60, --procs 1..64")
-    report = core_scaling(args.seconds, args.procs)
+    if not 1 <= args.viewers <= 5000:
+        parser.error("--viewers 1..5000")
+    report = core_scaling(args.seconds, args.procs, args.viewers)
     print(f"nproc {os.cpu_count()}, Python {sys.version.split()[0]}")
     print(describe(report))
     if args.json:
