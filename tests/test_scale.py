@@ -378,10 +378,17 @@ async def test_attendance_of_members_on_an_edge_equals_the_script(
     finally:
         await broadcast.close()
 
-    report = await d.api.get(f"/api/sessions/{sid}/report")
-    rows = {r["member_no"]: r for r in report["rows"]}
-    attendance = await d.api.get(f"/api/sessions/{sid}/attendance")
-    remote = {r["member_no"]: (r["remote_s"], r["onsite_s"]) for r in attendance["members"]}
+    async def settled() -> tuple[dict[str, Any], dict[str, tuple[float, float]]] | None:
+        """The report and the attendance view, once they agree: the edge writes its last
+        evidence rows a moment after the hang-ups, so a read at once may miss the last second."""
+        report = await d.api.get(f"/api/sessions/{sid}/report")
+        attendance = await d.api.get(f"/api/sessions/{sid}/attendance")
+        rows = {r["member_no"]: r for r in report["rows"]}
+        remote = {r["member_no"]: (r["remote_s"], r["onsite_s"]) for r in attendance["members"]}
+        agree = all(remote[m][0] == rows[m]["watched_s"] for m in (member_a, member_b))
+        return (rows, remote) if agree else None
+
+    rows, remote = await eventually(settled, 5, "the report and the attendance view to agree")
     watched = {m: rows[m]["watched_s"] for m in (member_a, member_b)}
     print(
         f"\nattendance on edge-b: A watched {watched[member_a]} s (script {truth_a:.1f} s), "
