@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -205,7 +206,7 @@ class _Mmsghdr(ctypes.Structure):
 
 
 def _load_recvmmsg() -> Any:
-    if not hasattr(os, "sched_getaffinity"):  # not Linux
+    if not sys.platform.startswith("linux"):  # recvmmsg(2) is Linux's
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
