@@ -1144,9 +1144,7 @@ def verdict(results: list[dict[str, Any]]) -> Iterator[str]:
         b = stock[n]["derived"].get("cpu_ms_per_viewer_s")
         if a and b:
             yield f"N={n}: stock/studycast CPU per viewer-second = {b:g}/{a:g} = {b / a:.1f}x"
-    norec = {
-        r["viewers"]: r for r in results if r["relay"] == "studycast-norec" and "derived" in r
-    }
+    norec = {r["viewers"]: r for r in results if r["relay"] == "studycast-norec" and "derived" in r}
     for n in sorted(set(ours) & set(norec)):
         on = ours[n]["derived"].get("cpu_ms_per_viewer_s")
         off = norec[n]["derived"].get("cpu_ms_per_viewer_s")

@@ -7,10 +7,15 @@ what an edge costs its origin against what a viewer costs it.
    process), then load viewers added in steps (``--start``, then ``--step`` more every
    ``--interval`` seconds). In each step the new viewers join over the first seconds, and every
    viewer's video frames are counted over a window at the end of the step. A step is served when
-   at least ``--served-share`` of its viewers got >= 95 % of the 30 fps; capacity(W) is the
-   largest served step before the first one that is not. Every load viewer POSTs over its own
-   TCP connection, so ``SO_REUSEPORT`` spreads them over the workers; the spread is read from
-   ``GET /api/nodes`` (the demo organiser's login) and printed.
+   at least ``--served-share`` of its viewers got >= 95 % of the 30 fps; the run ends at
+   ``--misses`` + 1 failed steps in a row (a step failing alone is measured again by the next,
+   larger one, and listed), and capacity(W) is the largest served step before that. A viewer's
+   frame rate is its frames over the time between the two readings of its count, each timed at
+   the middle of the read (``scale_load.py``). Beside each step: the publisher's own frame rate
+   in the window and each relay process's event-loop stalls (its ``/metrics``), so a failed step
+   says whether the source, a stalled relay process or a relay out of CPU failed it. Every load
+   viewer POSTs over its own TCP connection, so ``SO_REUSEPORT`` spreads them over the workers;
+   the spread is read from ``GET /api/nodes`` (the demo organiser's login) and printed.
 2. **Origin CPU per edge against per viewer.** An origin (``--workers 1``) with the broadcaster
    only (a), with K ``CountingViewer``s (b: aiortc's receiver reports, like a browser), and with
    K edges (``serve --origin URL --node-token T --workers 1``, one ``CountingViewer`` each, so
@@ -31,14 +36,18 @@ processes at ``--load-nice`` (also their scheduler autogroup). Their CPU per vie
 beside the relay's, with the capacity per relay core (viewers per core the relay processes
 actually used), which is what the machine allows once the load tool is elsewhere.
 
+The parts: ``scale_server.py`` (the database, the server, the organiser's login),
+``scale_load.py`` (the load processes), ``scale_sample.py`` (CPU, drops and loop lag read off
+the machine), ``scale_report.py`` (the tables).
+
 Before each measurement the script waits (at most ``--quiet-wait`` seconds) for the 1-minute
 load average to fall below ``--quiet-load`` and prints it. Every child process is stopped at the
 end (Ctrl-C and SIGTERM too, and by the kernel if the script dies); every wait has a limit.
 
     .venv/bin/python bench/bench_scale.py --postgres postgresql://127.0.0.1:5432/test
         [--start 150] [--step 30] [--interval 8] [--max-viewers 1500] [--edges 3] [--window 20]
-        [--procs 1] [--load-nice 10] [--count auto|kernel|sweep] [--quiet-load 0.7]
-        [--quiet-wait 600] [--json FILE]
+        [--misses 1] [--procs 1] [--load-nice 10] [--count auto|kernel|sweep]
+        [--quiet-load 0.7] [--quiet-wait 600] [--json FILE]
         [--keep-logs DIR] [--workers 1,2] [--skip-capacity] [--skip-edges]
 """
 
@@ -46,23 +55,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
-import contextlib
 import json
 import os
 import platform
-import secrets
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -79,562 +82,34 @@ for _path in (str(REPO), str(BENCH)):  # run as a script from anywhere
 from bench_relay import (  # noqa: E402 (after the path set-up)
     CHILDREN,
     FPS,
-    ICE_ADDRESS,
     STUDYCAST,
-    TOKEN_ENV,
     BenchError,
-    Children,
     Publisher,
-    child_env,
-    cpu_seconds,
     loadavg,
-    machine_ticks,
-    tail,
-    udp_drops,
     wait_until,
 )
-from core_scaling import core_scaling, describe  # noqa: E402 (after the path set-up)
+from core_scaling import core_scaling, describe  # noqa: E402
+from scale_load import LoadPlan, LoadProcesses  # noqa: E402
+from scale_report import capacity_summary, capacity_table, edge_summary, fmt  # noqa: E402
+from scale_sample import (  # noqa: E402
+    lag_window,
+    metrics_urls,
+    read_lags,
+    take_sample,
+    wait_quiet,
+    window,
+)
+from scale_server import STARTUP_TIMEOUT_S, Organiser, Server, fresh_database, spread  # noqa: E402
 
 from client import netfilter_tally  # noqa: E402 (after the path set-up)
 
-SECRET = "bench-scale-fixed-secret-key-0123456789abcdef"  # shared by origin, workers and edges
 GOOD_FPS_SHARE = 0.95  # a viewer is served at >= 95 % of the published frame rate
-REQUEST_TIMEOUT = 10.0
-STARTUP_TIMEOUT_S = 60.0
-CLOSE_TIMEOUT_S = 20.0
 SETTLE_S = 1.5  # after a step's joins, before its window opens
 EDGE_SETTLE_S = 6.0  # an edge connects upstream on its first viewer
 MAX_JOIN_RATE = 15.0  # viewers per second per step, over all load processes
-MIN_WINDOW_S = 4.0  # the shortest counting window of a step
 LOAD_START_S = 12.0  # a load process imports aiortc and av before its first viewer
-MAX_VIEWERS_PER_WORKER = 2000  # above any capacity here: the relay's own cap must not decide
 CLIP_SIZE = (640, 480)
 GOP_S = 2.0
-TARGET_RATIO = 1.7
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-# --- processes and /proc ----------------------------------------------------------------------
-
-
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and all its descendants (``/proc/PID/task/TID/children``)."""
-    found, i = [pid], 0
-    while i < len(found):
-        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-            for task in os.listdir(f"/proc/{found[i]}/task"):
-                with contextlib.suppress(FileNotFoundError, ProcessLookupError):
-                    text = Path(f"/proc/{found[i]}/task/{task}/children").read_text()
-                    found.extend(int(x) for x in text.split())
-        i += 1
-    return found
-
-
-def tree_cpu(pids: list[int]) -> dict[int, float]:
-    """utime + stime in seconds of each pid still running."""
-    out = {}
-    for pid in pids:
-        value = cpu_seconds(pid)
-        if value is not None:
-            out[pid] = value
-    return out
-
-
-def all_cpu() -> dict[int, tuple[str, float]]:
-    """Every process on the machine: pid → (name, utime + stime in seconds)."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                raw = Path(f"/proc/{name}/stat").read_text()
-                head, _, rest = raw.rpartition(")")
-                fields = rest.split()
-                out[int(name)] = (
-                    head.partition("(")[2],
-                    (int(fields[11]) + int(fields[12])) / TICK,
-                )
-    return out
-
-
-def load1() -> float:
-    return float(Path("/proc/loadavg").read_text().split()[0])
-
-
-async def wait_quiet(threshold: float, limit: float, log: Callable[[str], None]) -> dict[str, Any]:
-    """Wait (at most ``limit`` s) for the 1-minute load average to fall below ``threshold``."""
-    started = time.monotonic()
-    first = loadavg()
-    while load1() >= threshold and time.monotonic() - started < limit:  # noqa: ASYNC110
-        await asyncio.sleep(5)
-    waited = round(time.monotonic() - started, 1)
-    quiet = load1() < threshold
-    log(
-        f"load average {loadavg()} at the start (was {first}, waited {waited:g} s"
-        + ("" if quiet else f"; still >= {threshold:g}, measuring anyway")
-        + ")"
-    )
-    return {"loadavg": loadavg(), "waited_s": waited, "quiet": quiet}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-# --- PostgreSQL ------------------------------------------------------------------------------
-
-
-async def _pg_admin(base_url: str, sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
-    from sqlalchemy.engine import make_url
-
-    url = make_url(base_url)
-    conn = await asyncpg.connect(
-        host=url.host or "127.0.0.1",
-        port=url.port or 5432,
-        user=url.username,
-        password=url.password,
-        database=url.database or "postgres",
-        timeout=10,
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@asynccontextmanager
-async def fresh_database(pg_url: str) -> AsyncIterator[str]:
-    """A new empty PostgreSQL database on ``pg_url``'s server, dropped afterwards."""
-    from sqlalchemy.engine import make_url
-
-    name = f"studycast_bench_{secrets.token_hex(6)}"
-    await _pg_admin(pg_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with contextlib.suppress(Exception):
-            await _pg_admin(pg_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-# --- the server under test -------------------------------------------------------------------
-
-
-class Server:
-    """One ``studycast serve`` (origin, or edge with ``origin``) as a child process."""
-
-    def __init__(
-        self,
-        workdir: Path,
-        name: str,
-        db_url: str,
-        workers: int,
-        *,
-        demo: bool = False,
-        origin: str | None = None,
-        node_token: str | None = None,
-    ) -> None:
-        self.workdir = workdir
-        self.name = name
-        self.data_dir = workdir / f"{name}-data"
-        self.log = workdir / f"{name}.log"
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.env = child_env(
-            STUDYCAST_DATABASE_URL=db_url,
-            STUDYCAST_SECRET_KEY=SECRET,
-            STUDYCAST_DATA_DIR=str(self.data_dir),
-            STUDYCAST_MAX_VIEWERS=str(MAX_VIEWERS_PER_WORKER),
-        )
-        argv = [STUDYCAST, "serve", "--workers", str(workers), "--host", "127.0.0.1"]
-        argv += ["--port", str(self.port), "--ice-address", ICE_ADDRESS]
-        if demo:
-            argv.append("--demo")
-        if origin is not None:
-            argv += ["--origin", origin, "--node-token", node_token or "", "--node-name", name]
-        self.proc = CHILDREN.start(argv, env=self.env, cwd=workdir, log=self.log)
-
-    @property
-    def pids(self) -> list[int]:
-        return process_tree(self.proc.pid)
-
-    async def wait_healthy(self, http: aiohttp.ClientSession) -> None:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if self.proc.poll() is not None:
-                raise BenchError(f"{self.name} exited:\n{tail(self.log)}")
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                async with http.get(self.base_url + "/healthz", timeout=_timeout(2)) as r:
-                    if r.status == 200:
-                        return
-            if time.monotonic() > deadline:
-                raise BenchError(f"{self.name} did not answer /healthz:\n{tail(self.log)}")
-            await asyncio.sleep(0.3)
-
-    def stop(self) -> None:
-        Children.stop(self.proc, grace=20.0)
-
-
-def _timeout(seconds: float) -> aiohttp.ClientTimeout:
-    return aiohttp.ClientTimeout(total=seconds)
-
-
-class Organiser:
-    """The demo organiser's login on a server: session set-up and ``/api/nodes``."""
-
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
-        self.csrf = ""
-
-    async def login(self) -> None:
-        logins = json.loads((self.server.data_dir / "demo-logins.json").read_text())
-        organiser = next(x for x in logins if x["role"] == "organiser")
-        body = {"username": organiser["username"], "password": organiser["password"]}
-        async with self.http.post(
-            self.server.base_url + "/api/login", json=body, timeout=_timeout(10)
-        ) as r:
-            if r.status != 200:
-                raise BenchError(f"login failed: {r.status} {await r.text()}")
-            self.csrf = (await r.json())["csrf_token"]
-
-    async def call(self, method: str, path: str, body: Any = None) -> Any:
-        headers = {"X-CSRF-Token": self.csrf}
-        async with self.http.request(
-            method, self.server.base_url + path, json=body, headers=headers, timeout=_timeout(10)
-        ) as r:
-            if r.status >= 400:
-                raise BenchError(f"{method} {path}: {r.status} {await r.text()}")
-            return await r.json()
-
-    async def demo_session(self) -> dict[str, Any]:
-        """The demo session, switched to VP8; its WHIP/WHEP links and tokens."""
-        sessions = (await self.call("GET", "/api/sessions"))["sessions"]
-        if not sessions:
-            raise BenchError("the demo session is missing")
-        sid = sessions[0]["id"]
-        await self.call("PATCH", f"/api/sessions/{sid}", {"video_codec": "vp8"})
-        return dict(await self.call("GET", f"/api/sessions/{sid}/links"))
-
-    async def nodes(self) -> list[dict[str, Any]]:
-        return list((await self.call("GET", "/api/nodes"))["nodes"])
-
-    async def close(self) -> None:
-        await self.http.close()
-
-
-def spread(nodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Online nodes → their viewers by kind (the edge feeds counted apart)."""
-    out = {}
-    for node in nodes:
-        if node.get("online"):
-            kinds: collections.Counter[str] = collections.Counter()
-            for served in node.get("sessions", {}).values():
-                kinds.update(served.get("by_kind", {}))
-            out[node["name"]] = {"pid": node.get("pid"), "by_kind": dict(kinds)}
-    return out
-
-
-# --- load processes (this script with --role load) -------------------------------------------
-
-
-@dataclass
-class LoadPlan:
-    """When viewers join and when they are counted, on the machine-wide monotonic clock (every
-    load process and the benchmark read the same ``CLOCK_MONOTONIC``)."""
-
-    t0: float
-    counts: list[int]  # viewers joining at the start of each step, over all load processes
-    interval: float  # a step's length, at least
-    rate: float  # joins per second, over all load processes
-    settle: float  # after a step's joins, before its counting window opens
-    hold: float  # after the last step, keep watching this long (or until SIGTERM)
-    share: list[int] | None = None  # this process's part of ``counts`` (None: all of it)
-    viewer: str = "header"  # HeaderCountingViewer; "counting": CountingViewer (aiortc's RTCP)
-    count: str = "sweep"  # header viewers' frames: "sweep" (recvmmsg) or "kernel" (nftables)
-
-    def join_s(self, step: int) -> float:
-        return self.counts[step] / self.rate
-
-    def length(self, step: int) -> float:
-        return max(self.interval, self.join_s(step) + self.settle + MIN_WINDOW_S + 0.25)
-
-    def begin(self, step: int) -> float:
-        return self.t0 + sum(self.length(j) for j in range(step))
-
-    def window(self, step: int) -> tuple[float, float]:
-        begin = self.begin(step)
-        return begin + self.join_s(step) + self.settle, begin + self.length(step) - 0.25
-
-    def end(self) -> float:
-        return self.begin(len(self.counts))
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__)
-
-
-async def _sleep_until(when: float, stop: asyncio.Event) -> bool:
-    """Sleep until the monotonic time ``when``; True if told to stop first."""
-    delay = when - time.monotonic()
-    if delay > 0:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), delay)
-    return stop.is_set()
-
-
-async def load_role(urls: list[str], plan: LoadPlan) -> None:
-    """Add header-counting viewers step by step; print one ``STEP`` line per counting window."""
-    from client.header_viewer import HeaderCountingViewer, Sweep
-    from client.loadtest import CountingViewer
-    from client.netfilter_tally import NetfilterTally
-    from server.relay.ice import advertise_addresses
-
-    advertise_addresses([ICE_ADDRESS])
-    token = os.environ.get(TOKEN_ENV, "none")
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    crowd: list[HeaderCountingViewer | CountingViewer] = []
-    joins: list[asyncio.Task[None]] = []
-    share = plan.share if plan.share is not None else plan.counts
-    kind = HeaderCountingViewer if plan.viewer == "header" else CountingViewer
-
-    async def join(viewer: HeaderCountingViewer | CountingViewer) -> None:
-        try:
-            await viewer.start()
-        except Exception as exc:  # one broken viewer must not end the run
-            viewer.error = f"{type(exc).__name__}: {exc}"[:200]
-
-    def video(viewer: HeaderCountingViewer | CountingViewer) -> tuple[int, int, int]:
-        """Frames, lost and expected packets of the viewer's video so far."""
-        if isinstance(viewer, HeaderCountingViewer):
-            c = viewer.counter  # (in the kernel's count, lost and expected stop at take-over)
-            return (
-                viewer.frames("video"),
-                c.total("video", "lost"),
-                c.total("video", "expected"),
-            )
-        return viewer.video.frames, viewer.video.lost, viewer.video.expected
-
-    tally = NetfilterTally() if plan.count == "kernel" and plan.viewer == "header" else None
-    if tally is not None:
-        tally.open()
-        Sweep.shared().count_in_kernel(tally)
-
-    def snapshot() -> tuple[float, list[int], int, int]:
-        Sweep.shared().sweep(limit=None)  # header viewers: counts up to now, not the last sweep
-        if tally is not None:
-            tally.refresh()
-        counts = [video(v) for v in crowd]
-        lost = sum(c[1] for c in counts)
-        expected = sum(c[2] for c in counts)
-        return time.monotonic(), [c[0] for c in counts], lost, expected
-
-    # A connection per request: SO_REUSEPORT hands each new connection to one of the workers.
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(connector=connector) as http:
-        try:
-            for step, count in enumerate(share):
-                begin, (opens, closes) = plan.begin(step), plan.window(step)
-                for i in range(count):
-                    if await _sleep_until(begin + i * plan.join_s(step) / count, stop):
-                        break
-                    url = urls[len(crowd) % len(urls)]
-                    viewer = kind(url, token, http=http, request_timeout=REQUEST_TIMEOUT)
-                    crowd.append(viewer)
-                    joins.append(asyncio.create_task(join(viewer)))
-                if await _sleep_until(opens, stop):
-                    break
-                t_a, frames_a, lost_a, expected_a = snapshot()
-                if await _sleep_until(closes, stop):
-                    break
-                t_b, frames_b, lost_b, expected_b = snapshot()
-                seconds = t_b - t_a
-                fps = [
-                    round((b - a) / seconds, 2) if crowd[i].answered_at is not None else 0.0
-                    for i, (a, b) in enumerate(zip(frames_a, frames_b, strict=False))
-                ]
-                errors = collections.Counter(v.error for v in crowd if v.error)
-                record = {
-                    "step": step,
-                    "window": [round(t_a, 3), round(t_b, 3)],
-                    "viewers": len(crowd),
-                    "joined": sum(1 for v in crowd if v.answered_at is not None),
-                    "errors": dict(errors.most_common(5)),
-                    "fps": fps,
-                    "video_lost": lost_b - lost_a,
-                    "video_expected": expected_b - expected_a,
-                }
-                print("STEP " + json.dumps(record), flush=True)
-            await _sleep_until(plan.end() + plan.hold, stop)
-        finally:
-            for task in joins:
-                task.cancel()
-            await asyncio.gather(*joins, return_exceptions=True)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CLOSE_TIMEOUT_S):
-                    await asyncio.gather(*(v.close() for v in crowd), return_exceptions=True)
-            if tally is not None:
-                tally.close()
-            print("CLOSED " + json.dumps({"viewers": len(crowd)}), flush=True)
-
-
-@dataclass
-class LoadProcesses:
-    """``procs`` load processes, each step's viewers spread evenly over them."""
-
-    procs: list[subprocess.Popen[bytes]]
-    logs: list[Path]
-
-    @classmethod
-    def start(
-        cls,
-        workdir: Path,
-        tag: str,
-        urls: list[str],
-        token: str,
-        plan: LoadPlan,
-        *,
-        procs: int,
-        nice: int,
-    ) -> LoadProcesses:
-        procs = max(1, procs)
-        popens, logs = [], []
-        for i in range(procs):
-            share = [n // procs + (1 if i < n % procs else 0) for n in plan.counts]
-            mine = LoadPlan(**{**plan.__dict__, "share": share})
-            log = workdir / f"{tag}-load-{i}.log"
-            argv = [sys.executable, str(Path(__file__).resolve()), "--role", "load"]
-            argv += ["--urls", ",".join(urls), "--plan", mine.to_json()]
-            env = child_env(**{TOKEN_ENV: token})
-            popens.append(CHILDREN.start(argv, env=env, cwd=workdir, log=log, nice=nice))
-            logs.append(log)
-        return cls(popens, logs)
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs if p.poll() is None]
-
-    def steps(self, step: int) -> list[dict[str, Any]] | None:
-        """Every process's record of ``step``, once all have printed it."""
-        found = []
-        for proc, log in zip(self.procs, self.logs, strict=True):
-            record = None
-            for line in log.read_text(errors="replace").splitlines():
-                if line.startswith("STEP "):
-                    data = json.loads(line[5:])
-                    if data["step"] == step:
-                        record = data
-            if record is None:
-                if proc.poll() is not None:
-                    raise BenchError(f"a load process exited:\n{tail(log)}")
-                return None
-            found.append(record)
-        return found
-
-    async def wait_step(self, step: int, within: float) -> dict[str, Any]:
-        """The merged record of ``step`` from every process."""
-        records = await wait_until(lambda: self.steps(step), within, f"step {step}", 0.2)
-        fps = [f for r in records for f in r["fps"]]
-        errors: collections.Counter[str] = collections.Counter()
-        for r in records:
-            errors.update(r["errors"])
-        return {
-            "viewers": sum(r["viewers"] for r in records),
-            "joined": sum(r["joined"] for r in records),
-            "fps": fps,
-            "errors": dict(errors),
-            "video_lost": sum(r["video_lost"] for r in records),
-            "video_expected": sum(r["video_expected"] for r in records),
-        }
-
-    async def stop(self) -> None:
-        """SIGTERM: the viewers hang up (WHEP DELETE) before the processes exit."""
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + CLOSE_TIMEOUT_S + 5
-        while any(p.poll() is None for p in self.procs) and time.monotonic() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.2)
-        for proc in self.procs:
-            Children.stop(proc, grace=2.0)
-
-
-# --- sampling --------------------------------------------------------------------------------
-
-
-@dataclass
-class Sample:
-    t: float
-    relay: dict[int, float]
-    load: float
-    publisher: float
-    machine: tuple[int, int]
-    relay_drops: int = 0
-    load_drops: int = 0
-    extra: dict[int, float] = field(default_factory=dict)
-    everyone: dict[int, tuple[str, float]] = field(default_factory=dict)
-    known: set[int] = field(default_factory=set)
-
-
-def take_sample(
-    relay_pids: list[int],
-    load_pids: list[int],
-    publisher_pid: int | None,
-    extra_pids: Sequence[int] = (),
-    *,
-    drops: bool = True,
-) -> Sample:
-    t = time.monotonic()
-    return Sample(
-        t=t,
-        relay=tree_cpu(relay_pids),
-        load=sum(tree_cpu(load_pids).values()),
-        publisher=(cpu_seconds(publisher_pid) or 0.0) if publisher_pid else 0.0,
-        machine=machine_ticks(),
-        relay_drops=udp_drops(relay_pids) if drops else 0,
-        load_drops=udp_drops(load_pids) if drops else 0,
-        extra=tree_cpu(list(extra_pids)),
-        everyone=all_cpu(),
-        known={*relay_pids, *load_pids, *extra_pids, os.getpid()}
-        | ({publisher_pid} if publisher_pid else set()),
-    )
-
-
-def window(s0: Sample, s1: Sample) -> dict[str, Any]:
-    """CPU shares (% of one core) between two samples."""
-    seconds = s1.t - s0.t
-    busy = s1.machine[0] - s0.machine[0]
-    total = s1.machine[1] - s0.machine[1]
-    per_pid = {
-        pid: 100 * (s1.relay[pid] - s0.relay[pid]) / seconds for pid in s1.relay if pid in s0.relay
-    }
-    extra = sum(s1.extra[p] - s0.extra[p] for p in s1.extra if p in s0.extra)
-    return {
-        "seconds": round(seconds, 2),
-        "relay_cpu_pct": round(sum(per_pid.values()), 1),
-        "relay_cpu_pct_by_pid": {str(k): round(v, 1) for k, v in per_pid.items()},
-        "load_cpu_pct": round(100 * (s1.load - s0.load) / seconds, 1),
-        "publisher_cpu_pct": round(100 * (s1.publisher - s0.publisher) / seconds, 1),
-        "extra_cpu_pct": round(100 * extra / seconds, 1),
-        "machine_busy_pct": round(100 * (os.cpu_count() or 1) * busy / total, 1) if total else None,
-        "udp_drops_relay": s1.relay_drops - s0.relay_drops,
-        "udp_drops_load": s1.load_drops - s0.load_drops,
-        "others_top": others_top(s0, s1, seconds),
-    }
-
-
-def others_top(s0: Sample, s1: Sample, seconds: float, n: int = 3) -> list[str]:
-    """The busiest processes that are not ours in the window (other work on the machine)."""
-    busy = []
-    for pid, (name, cpu) in s1.everyone.items():
-        if pid not in s1.known and pid in s0.everyone:
-            share = 100 * (cpu - s0.everyone[pid][1]) / seconds
-            if share >= 1.0:
-                busy.append((share, f"{name} {share:.0f} %"))
-    return [text for _, text in sorted(busy, reverse=True)[:n]]
 
 
 # --- 1. capacity -----------------------------------------------------------------------------
@@ -710,11 +185,17 @@ async def capacity_run(
                 opens, closes = plan.window(step)
                 await asyncio.sleep(max(0.0, opens - time.monotonic()))
                 relay_pids = server.pids
+                urls = metrics_urls(relay_pids, server.base_url)
                 s0 = take_sample(relay_pids, load.pids, publisher.pid)
+                lags0, p0 = await asyncio.gather(read_lags(http, urls), publisher.mark())
                 await asyncio.sleep(max(0.0, closes - time.monotonic()))
                 s1 = take_sample(relay_pids, load.pids, publisher.pid)
+                lags1, p1 = await asyncio.gather(read_lags(http, urls), publisher.mark())
                 merged = await load.wait_step(step, 15.0)
                 row = step_row(total, merged, window(s0, s1), args)
+                row["loop_lag"] = lag_window(lags0, lags1)
+                row["published_fps"] = published_fps(p0, p1)
+                row["read_s"] = merged["read_s"]
                 if step % 3 == 0 or not row["served"]:
                     row["nodes"] = spread(await organiser.nodes())
                 result["steps"].append(row)
@@ -725,10 +206,13 @@ async def capacity_run(
                     f"load {row['load_cpu_pct']} % ({row['load_ms_per_viewer_s']} ms/viewer-s), "
                     f"machine {row['machine_busy_pct']} %, drops relay/load "
                     f"{row['udp_drops_relay']}/{row['udp_drops_load']}"
+                    + f", published {fmt(row['published_fps'])} fps, loop lag "
+                    + lag_text(row["loop_lag"])
+                    + f", counts read in {row['read_s']} s"
                     + (f", errors {row['errors']}" if row["errors"] else "")
                     + (f"; others: {', '.join(row['others_top'])}" if row["others_top"] else "")
                 )
-                if not row["served"]:
+                if not row["served"] and not one_miss(result["steps"], args.misses):
                     break
                 if time.monotonic() - started > args.capacity_seconds:
                     result["cut_short"] = f"--capacity-seconds {args.capacity_seconds:g} reached"
@@ -740,14 +224,53 @@ async def capacity_run(
             publisher.stop()
             server.stop()
             await organiser.close()
-    first_fail = next((i for i, r in enumerate(result["steps"]) if not r["served"]), None)
-    passing = result["steps"] if first_fail is None else result["steps"][:first_fail]
+    ended = run_end(result["steps"], args.misses)
+    passing = [r for r in result["steps"][:ended] if r["served"]]
     best = passing[-1] if passing else None
     result["capacity"] = best["viewers"] if best else 0
-    result["capacity_is_lower_bound"] = first_fail is None
+    result["capacity_is_lower_bound"] = ended == len(result["steps"])
+    result["missed_alone"] = [r["viewers"] for r in result["steps"][:ended] if not r["served"]]
     result["at_capacity"] = best
     result["wall_s"] = round(time.monotonic() - started, 1)
     return result
+
+
+def one_miss(steps: list[dict[str, Any]], misses: int) -> bool:
+    """Whether the run goes on after its last step failed: up to ``misses`` failed steps in a
+    row are measured again at the next step (a transient, if that one is served)."""
+    failed = 0
+    for row in reversed(steps):
+        if row["served"]:
+            break
+        failed += 1
+    return failed <= misses
+
+
+def run_end(steps: list[dict[str, Any]], misses: int) -> int:
+    """The index of the first of ``misses + 1`` failed steps in a row (len(steps) if none):
+    capacity is the largest served step before it."""
+    failed = 0
+    for i, row in enumerate(steps):
+        failed = 0 if row["served"] else failed + 1
+        if failed > misses:
+            return i - misses
+    return len(steps)
+
+
+def published_fps(p0: dict[str, Any] | None, p1: dict[str, Any] | None) -> float | None:
+    """The publisher's video frame rate between two marks (None if it did not answer)."""
+    if not p0 or not p1 or p1["t"] <= p0["t"]:
+        return None
+    return round((p1["video_frames"] - p0["video_frames"]) / (p1["t"] - p0["t"]), 2)
+
+
+def lag_text(lags: dict[str, dict[str, Any]]) -> str:
+    """Per relay process: stalls (>= 0.1 s) and the bound of its worst lag in the window."""
+    if not lags:
+        return "-"
+    return ", ".join(
+        f"{v['stalls']} stalls (worst <= {fmt(v['worst_le'])} s)" for v in lags.values()
+    )
 
 
 def step_row(
@@ -891,105 +414,6 @@ async def edge_run(
     return result
 
 
-# --- report ----------------------------------------------------------------------------------
-
-
-def fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:,.2f}".rstrip("0").rstrip(".")
-    return str(value)
-
-
-def capacity_table(runs: list[dict[str, Any]]) -> Iterator[str]:
-    head = [
-        "workers",
-        "viewers",
-        "served (>= 95 % of 30 fps)",
-        "fps median / min",
-        "relay CPU % (per process)",
-        "relay ms / viewer-s",
-        "load CPU %",
-        "load ms / viewer-s",
-        "publisher %",
-        "machine % of 200",
-        "UDP drops relay / load",
-    ]
-    yield "| " + " | ".join(head) + " |"
-    yield "|" + "---|" * len(head)
-    for run in runs:
-        for r in run["steps"]:
-            mark = "" if r["served"] else " ✗"
-            by_pid = ", ".join(map(str, r["relay_cpu_pct_by_pid"].values()))
-            yield (
-                f"| {run['workers']} | {r['viewers']} | {r['served_viewers']} "
-                f"({r['served_share_pct']} %){mark} | {fmt(r['fps_median'])} / {fmt(r['fps_min'])}"
-                f" | {r['relay_cpu_pct']} ({by_pid})"
-                f" | {fmt(r['relay_ms_per_viewer_s'])} | {r['load_cpu_pct']} | "
-                f"{fmt(r['load_ms_per_viewer_s'])} | {r['publisher_cpu_pct']} | "
-                f"{r['machine_busy_pct']} | {r['udp_drops_relay']} / {r['udp_drops_load']} |"
-            )
-
-
-def capacity_summary(runs: list[dict[str, Any]]) -> Iterator[str]:
-    by_w = {r["workers"]: r for r in runs}
-    for w, run in sorted(by_w.items()):
-        best = run.get("at_capacity") or {}
-        bound = " (no step failed: a lower bound)" if run.get("capacity_is_lower_bound") else ""
-        yield (
-            f"capacity(workers {w}) = {run['capacity']} viewers{bound}; at it: relay "
-            f"{fmt(best.get('relay_cpu_pct'))} % of a core = "
-            f"{fmt(best.get('viewers_per_relay_core'))} viewers per relay core, "
-            f"{fmt(best.get('relay_ms_per_viewer_s'))} ms relay and "
-            f"{fmt(best.get('load_ms_per_viewer_s'))} ms load CPU per viewer-second; "
-            + (
-                f"spread {json.dumps(best['nodes'])}"
-                if best.get("nodes")
-                else f"spread after the last step {json.dumps(run.get('nodes_at_end'))}"
-            )
-        )
-    if 1 in by_w and 2 in by_w and by_w[1]["capacity"]:
-        c1, c2 = by_w[1]["capacity"], by_w[2]["capacity"]
-        ratio = c2 / c1
-        yield (
-            f"capacity(2) / capacity(1) = {c2}/{c1} = {ratio:.2f}x (target >= {TARGET_RATIO}x: "
-            f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})"
-        )
-        b1, b2 = by_w[1].get("at_capacity") or {}, by_w[2].get("at_capacity") or {}
-        v1, v2 = b1.get("viewers_per_relay_core"), b2.get("viewers_per_relay_core")
-        if v1 and v2:
-            yield (
-                f"per relay core: {v1} viewers (workers 1) and {v2} (workers 2); with both cores "
-                f"for the relay (load tool elsewhere) that is {v1} vs {2 * v2} viewers = "
-                f"{2 * v2 / v1:.2f}x"
-            )
-    for w, run in sorted(by_w.items()):
-        best = run.get("at_capacity") or {}
-        load, relay = best.get("load_ms_per_viewer_s"), best.get("relay_ms_per_viewer_s")
-        if load and relay:
-            yield f"load / relay CPU per viewer at capacity(workers {w}): {load / relay:.2f}"
-
-
-def edge_summary(run: dict[str, Any]) -> Iterator[str]:
-    w = run["windows"]
-    yield "| window | run 1: origin CPU % | run 2: origin CPU % |"
-    yield "|---|---:|---:|"
-    names = {
-        "a": "(a) broadcaster only",
-        "b": f"(b) + {run['k']} viewers",
-        "c": f"(c) + {run['k']} edges (1 viewer each)",
-    }
-    for key, name in names.items():
-        cells = [fmt((w.get(f"{key}{i}") or {}).get("relay_cpu_pct")) for i in (1, 2)]
-        yield f"| {name} | {cells[0]} | {cells[1]} |"
-    for i, (v, e) in enumerate(zip(run["per_viewer_pct"], run["per_edge_pct"], strict=True), 1):
-        ratio = f"{e / v:.2f}" if v > 0 else "-"
-        yield (
-            f"run {i}: origin CPU per viewer {v} %, per edge {e} % of a core (edge/viewer {ratio})"
-        )
-
-
 # --- main ------------------------------------------------------------------------------------
 
 
@@ -1053,6 +477,13 @@ def main() -> None:
         help="share of viewers at >= 95 %% of the frame rate for a step to count (0.95)",
     )
     parser.add_argument(
+        "--misses",
+        type=int,
+        default=1,
+        help="failed steps in a row that a run goes on after, to see whether the next step is "
+        "served (a transient); capacity is the largest served step before more (1)",
+    )
+    parser.add_argument(
         "--capacity-seconds", type=float, default=480.0, help="steps per W stop after (480)"
     )
     parser.add_argument("--edges", type=int, default=3, help="K viewers and K edges (3)")
@@ -1078,17 +509,7 @@ def main() -> None:
     parser.add_argument("--skip-edges", action="store_true", help="only the capacity")
     parser.add_argument("--json", help="also write every raw figure to this file")
     parser.add_argument("--keep-logs", help="directory for the child processes' logs")
-    # Internal: the load processes are this script too.
-    parser.add_argument(
-        "--role", default="bench", choices=["bench", "load"], help=argparse.SUPPRESS
-    )
-    parser.add_argument("--urls", help=argparse.SUPPRESS)
-    parser.add_argument("--plan", help=argparse.SUPPRESS)
     args = parser.parse_args()
-
-    if args.role == "load":
-        asyncio.run(load_role(args.urls.split(","), LoadPlan(**json.loads(args.plan))))
-        return
 
     if not args.postgres:
         parser.error("--postgres is needed: more than one worker shares PostgreSQL")
@@ -1104,6 +525,8 @@ def main() -> None:
         parser.error("--workers: counts 1..8, comma-separated")
     if not (1 <= args.procs <= 4 and 0 <= args.load_nice <= 19):
         parser.error("--procs 1..4, --load-nice 0..19")
+    if not 0 <= args.misses <= 3:
+        parser.error("--misses 0..3")
     if not (0 <= args.quiet_wait <= 600):
         parser.error("--quiet-wait 0..600")
     if args.probe_seconds and not 1 <= args.probe_seconds <= 60:

@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable
 
 TABLE_PREFIX = "studycast_load_"
@@ -82,6 +83,9 @@ class NetfilterTally:
     def __init__(self, table: str | None = None) -> None:
         self.table = table or f"{TABLE_PREFIX}{os.getpid()}"
         self.frames: dict[int, int] = {}  # port → frames, as of the last ``refresh()``
+        # Monotonic times just before and just after the kernel's counters were listed: the
+        # counts are as of some moment between the two (a starved process widens the gap).
+        self.read_between: tuple[float, float] | None = None
         self._video_types: set[int] = set()
         self._adding: set[int] = set()
         self._removing: set[int] = set()
@@ -142,7 +146,10 @@ class NetfilterTally:
         if not self._open:
             return self.frames
         self.sync()
-        listing = json.loads(_nft(None, "-j", "list", "set", "inet", self.table, "frames"))
+        before = time.monotonic()
+        text = _nft(None, "-j", "list", "set", "inet", self.table, "frames")
+        self.read_between = (before, time.monotonic())
+        listing = json.loads(text)
         frames = {}
         for item in listing.get("nftables", []):
             for element in (item.get("set") or {}).get("elem", []):

@@ -135,10 +135,12 @@ def create_app(
         role=_role(settings, worker),
         url=settings.base_url(),
         feeds=app.get(EDGE_FEEDS),
+        loop_lag=app[METRICS].loop_lag,
     )
     app[RECORDINGS] = Recordings(store, settings.data_dir, clock)
     app[METRICS].registry.register(RelayCollector(app[RELAY].totals))
     app.cleanup_ctx.append(_store_lifetime)
+    app.cleanup_ctx.append(_loop_lag_lifetime)
     app.cleanup_ctx.append(_relay_lifetime)
     app.on_shutdown.append(_end_streams)
     app.on_response_prepare.append(_security_headers)
@@ -179,6 +181,12 @@ async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[STORE].close()
     log.info("record store closed")
+
+
+async def _loop_lag_lifetime(app: web.Application) -> AsyncIterator[None]:
+    app[METRICS].loop_lag.start()
+    yield
+    await app[METRICS].loop_lag.stop()
 
 
 async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:

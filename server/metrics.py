@@ -23,6 +23,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from server.loop_lag import LoopLag
+
 # Methods we label as themselves; anything else is "other", so clients cannot grow the series.
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -57,6 +59,7 @@ class Metrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
+        self.loop_lag = LoopLag(self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self._exposed)

@@ -1,10 +1,10 @@
 """The nodes serving a deployment (the origin, its edges, their workers), as each reports itself.
 
 Every node writes its own row of ``nodes`` every ``REPORT_S`` seconds: its role and public URL,
-the sessions it serves with their viewers by kind, its CPU load and capacity. ``GET /api/nodes``
-lists the rows (staff only), with whether each was heard from lately; the organiser's live counts
-add the viewers of every node. Nothing here is needed for media or the record to work: a node
-that cannot write its row only logs it.
+the sessions it serves with their viewers by kind, its CPU load, its event loop's worst lag since
+the last report and its capacity. ``GET /api/nodes`` lists the rows (staff only), with whether
+each was heard from lately; the organiser's live counts add the viewers of every node. Nothing
+here is needed for media or the record to work: a node that cannot write its row only logs it.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from attendance.errors import StudycastError
 from attendance.models import Node, Role
 from attendance.store import Store
 from server.auth import CLOCK, STORE, require_role
+from server.loop_lag import LoopLag
 from server.relay.relay import Relay
 from server.relay.upstream import Upstream
 
@@ -51,6 +52,7 @@ class NodeReporter:
         role: str,
         url: str,
         feeds: Any = None,
+        loop_lag: LoopLag | None = None,
     ) -> None:
         self._store = store
         self._relay = relay
@@ -59,6 +61,7 @@ class NodeReporter:
         self.role = role
         self.url = url
         self._feeds = feeds
+        self._loop_lag = loop_lag
         self._started = clock()
         self._cpu = (time.monotonic(), time.process_time())
         self._stop = asyncio.Event()
@@ -88,6 +91,10 @@ class NodeReporter:
             "max_viewers": self._relay.max_viewers,
             "cpu": round(load, 3),  # cores busy in this process (1.0 = one core)
             "cores": os.cpu_count() or 1,
+            # The event loop's worst lag since the last report: a stall every viewer here saw.
+            "loop_lag_max_s": None
+            if self._loop_lag is None
+            else round(self._loop_lag.take_worst(), 3),
             "pulling": list(getattr(self._feeds, "sessions", [])),
         }
 

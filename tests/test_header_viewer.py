@@ -8,6 +8,7 @@ import asyncio
 import socket
 import struct
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
@@ -310,7 +311,11 @@ def test_the_kernel_counts_frames_per_port_and_lets_only_non_rtp_through(
         for data in traffic:
             sender.sendto(data, watched.getsockname())
             sender.sendto(data, other.getsockname())
+        asked = time.monotonic()
         assert tally.refresh() == {port: 10}
+        assert tally.read_between is not None
+        listed_from, listed_to = tally.read_between  # when the kernel's counts were taken
+        assert asked <= listed_from <= listed_to <= time.monotonic()
         arrived = []
         while True:
             try:

@@ -1,0 +1,120 @@
+"""The tables and summaries ``bench_scale.py`` prints (Markdown, as pasted into RESULTS.md)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+TARGET_RATIO = 1.7
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}".rstrip("0").rstrip(".")
+    return str(value)
+
+
+def capacity_table(runs: list[dict[str, Any]]) -> Iterator[str]:
+    head = [
+        "workers",
+        "viewers",
+        "served (>= 95 % of 30 fps)",
+        "fps median / min",
+        "relay CPU % (per process)",
+        "relay ms / viewer-s",
+        "load CPU %",
+        "load ms / viewer-s",
+        "publisher %",
+        "machine % of 200",
+        "UDP drops relay / load",
+        "published fps",
+        "loop stalls >= 0.1 s (worst <=, s) per process",
+    ]
+    yield "| " + " | ".join(head) + " |"
+    yield "|" + "---|" * len(head)
+    for run in runs:
+        for r in run["steps"]:
+            mark = "" if r["served"] else " ✗"
+            by_pid = ", ".join(map(str, r["relay_cpu_pct_by_pid"].values()))
+            yield (
+                f"| {run['workers']} | {r['viewers']} | {r['served_viewers']} "
+                f"({r['served_share_pct']} %){mark} | {fmt(r['fps_median'])} / {fmt(r['fps_min'])}"
+                f" | {r['relay_cpu_pct']} ({by_pid})"
+                f" | {fmt(r['relay_ms_per_viewer_s'])} | {r['load_cpu_pct']} | "
+                f"{fmt(r['load_ms_per_viewer_s'])} | {r['publisher_cpu_pct']} | "
+                f"{r['machine_busy_pct']} | {r['udp_drops_relay']} / {r['udp_drops_load']} | "
+                f"{fmt(r.get('published_fps'))} | {lags(r.get('loop_lag'))} |"
+            )
+
+
+def lags(by_pid: dict[str, dict[str, Any]] | None) -> str:
+    if not by_pid:
+        return "-"
+    return ", ".join(f"{v['stalls']} ({fmt(v['worst_le'])})" for v in by_pid.values())
+
+
+def capacity_summary(runs: list[dict[str, Any]]) -> Iterator[str]:
+    by_w = {r["workers"]: r for r in runs}
+    for w, run in sorted(by_w.items()):
+        best = run.get("at_capacity") or {}
+        bound = (
+            " (the run did not end on failed steps: a lower bound)"
+            if run.get("capacity_is_lower_bound")
+            else ""
+        )
+        if run.get("missed_alone"):
+            bound += f"; failed alone, the next step served: {run['missed_alone']}"
+        yield (
+            f"capacity(workers {w}) = {run['capacity']} viewers{bound}; at it: relay "
+            f"{fmt(best.get('relay_cpu_pct'))} % of a core = "
+            f"{fmt(best.get('viewers_per_relay_core'))} viewers per relay core, "
+            f"{fmt(best.get('relay_ms_per_viewer_s'))} ms relay and "
+            f"{fmt(best.get('load_ms_per_viewer_s'))} ms load CPU per viewer-second; "
+            + (
+                f"spread {json.dumps(best['nodes'])}"
+                if best.get("nodes")
+                else f"spread after the last step {json.dumps(run.get('nodes_at_end'))}"
+            )
+        )
+    if 1 in by_w and 2 in by_w and by_w[1]["capacity"]:
+        c1, c2 = by_w[1]["capacity"], by_w[2]["capacity"]
+        ratio = c2 / c1
+        yield (
+            f"capacity(2) / capacity(1) = {c2}/{c1} = {ratio:.2f}x (target >= {TARGET_RATIO}x: "
+            f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})"
+        )
+        b1, b2 = by_w[1].get("at_capacity") or {}, by_w[2].get("at_capacity") or {}
+        v1, v2 = b1.get("viewers_per_relay_core"), b2.get("viewers_per_relay_core")
+        if v1 and v2:
+            yield (
+                f"per relay core: {v1} viewers (workers 1) and {v2} (workers 2); with both cores "
+                f"for the relay (load tool elsewhere) that is {v1} vs {2 * v2} viewers = "
+                f"{2 * v2 / v1:.2f}x"
+            )
+    for w, run in sorted(by_w.items()):
+        best = run.get("at_capacity") or {}
+        load, relay = best.get("load_ms_per_viewer_s"), best.get("relay_ms_per_viewer_s")
+        if load and relay:
+            yield f"load / relay CPU per viewer at capacity(workers {w}): {load / relay:.2f}"
+
+
+def edge_summary(run: dict[str, Any]) -> Iterator[str]:
+    w = run["windows"]
+    yield "| window | run 1: origin CPU % | run 2: origin CPU % |"
+    yield "|---|---:|---:|"
+    names = {
+        "a": "(a) broadcaster only",
+        "b": f"(b) + {run['k']} viewers",
+        "c": f"(c) + {run['k']} edges (1 viewer each)",
+    }
+    for key, name in names.items():
+        cells = [fmt((w.get(f"{key}{i}") or {}).get("relay_cpu_pct")) for i in (1, 2)]
+        yield f"| {name} | {cells[0]} | {cells[1]} |"
+    for i, (v, e) in enumerate(zip(run["per_viewer_pct"], run["per_edge_pct"], strict=True), 1):
+        ratio = f"{e / v:.2f}" if v > 0 else "-"
+        yield (
+            f"run {i}: origin CPU per viewer {v} %, per edge {e} % of a core (edge/viewer {ratio})"
+        )
