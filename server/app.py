@@ -51,8 +51,8 @@ from server.relay.ice import advertise_addresses
 from server.relay.relay import Relay
 from server.relay.upstream import EdgeFeeds
 from server.settings import Settings
-from server.whip import EDGE_FEEDS, RECORDINGS, RELAY, WORKER
-from server.workers import WorkerPlan
+from server.whip import EDGE_FEEDS, RECORDINGS, RELAY
+from server.workers import WORKER, WorkerPlan
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,12 @@ the tests, count separately.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import (
@@ -21,9 +24,15 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from server.loop_lag import LoopLag
+from server.workers import WORKER
+
+log = logging.getLogger(__name__)
+
+SIBLING_TIMEOUT_S = 2.0  # a worker's answer to a sibling's scrape
 
 # Methods we label as themselves; anything else is "other", so clients cannot grow the series.
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -126,9 +135,69 @@ METRICS = web.AppKey("studycast.metrics", Metrics)
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
-    """The text exposition format for a Prometheus scraper."""
-    body = request.config_dict[METRICS].render()
+    """The text exposition format for a Prometheus scraper.
+
+    With ``serve --workers N`` the kernel hands each scrape of the shared port to any worker, so
+    every worker answers for all of them: it asks the others on their private ports
+    (``?worker=self``: that worker alone) and merges their series with its own, each labelled
+    with its worker's node name. A worker that does not answer within ``SIBLING_TIMEOUT_S`` is
+    left out and counted in ``studycast_workers_unanswered``.
+    """
+    metrics = request.config_dict[METRICS]
+    worker = request.config_dict.get(WORKER)
+    if worker is None or worker.count < 2 or request.query.get("worker") == "self":
+        body = metrics.render()
+    else:
+        others = [i for i in range(worker.count) if i != worker.index]
+        async with aiohttp.ClientSession() as http:
+            found = await asyncio.gather(
+                *(_scrape(http, worker.private_url(i) + "/metrics?worker=self") for i in others)
+            )
+        texts = [metrics.render().decode(), *(t for t in found if t is not None)]
+        missing = sum(1 for t in found if t is None)
+        body = merge_expositions(texts, unanswered=(metrics.node, missing))
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _scrape(http: aiohttp.ClientSession, url: str) -> str | None:
+    try:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=SIBLING_TIMEOUT_S)) as r:
+            if r.status == 200:
+                return await r.text()
+            log.warning("worker metrics at %s answered %s", url, r.status)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        log.warning("worker metrics at %s did not answer: %s", url, exc)
+    return None
+
+
+def merge_expositions(texts: list[str], *, unanswered: tuple[str, int]) -> bytes:
+    """One exposition of the series of several (same families, samples side by side)."""
+    families: dict[str, Metric] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            known = families.get(family.name)
+            if known is None:
+                families[family.name] = family
+            else:
+                known.samples.extend(family.samples)
+    gauge = GaugeMetricFamily(
+        "studycast_workers_unanswered",
+        "Workers that did not answer this scrape (their series are missing from it).",
+        labels=["node"],
+    )
+    gauge.add_metric([unanswered[0]], unanswered[1])
+    families[gauge.name] = gauge
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)
+
+
+class _Families(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._families
 
 
 def _route_label(request: web.Request) -> str:

@@ -53,7 +53,8 @@ from server.live import stream
 from server.live_events import LIVE, snapshot
 from server.record_tasks import DIRTY_QUESTIONS, live_counts
 from server.tokens import TokenRole, issue
-from server.whip import RELAY, WORKER
+from server.whip import RELAY
+from server.workers import WORKER
 
 routes = web.RouteTableDef()
 INGEST_QUEUE = web.AppKey("studycast.ingest_queue", IngestQueue)

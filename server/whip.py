@@ -31,7 +31,7 @@ from server.relay.fanout import SessionRelay
 from server.relay.relay import Relay
 from server.relay.upstream import EdgeFeeds
 from server.tokens import VIEWER_ROLES, TokenClaims, TokenRole, bearer, verify
-from server.workers import WorkerPlan
+from server.workers import WORKER
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ RECORDINGS = web.AppKey("studycast.recordings", Recordings)
 # On an edge: the feeds pulled from the origin (absent on the origin).
 EDGE_FEEDS = web.AppKey("studycast.edge_feeds", EdgeFeeds)
 # One of several worker processes of this node (absent with one process).
-WORKER = web.AppKey("studycast.worker", WorkerPlan)
 PROXY_TIMEOUT_S = 15.0
 SDP = "application/sdp"
 RETRY_AFTER_FULL_S = 30

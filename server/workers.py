@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from aiohttp import web
+
 from server.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,10 @@ class WorkerPlan:
             return None
         data = json.loads(raw)
         return cls(int(data["index"]), int(data["public"]), tuple(int(p) for p in data["private"]))
+
+
+# The plan of the worker an app runs in (absent: a server without workers).
+WORKER = web.AppKey("studycast.worker", WorkerPlan)
 
 
 def default_workers(settings: Settings) -> int:

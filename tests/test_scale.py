@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 import pytest_asyncio
 from live_record_support import SseReader
+from prometheus_client.parser import text_string_to_metric_families
 from relay_support import Watcher, shared_clip, wait_for
 from scale_support import (
     Api,
@@ -478,6 +479,7 @@ async def test_a_killed_worker_is_started_again_and_its_viewers_come_back(
 
             nodes = await eventually(reported, 12, "both workers to report their viewers")
             assert [(nodes[n]["role"]) for n in ("origin", "origin-w1")] == ["origin", "worker"]
+            await _metrics_show_every_worker(http, serve.base, {0: len(on[0]), 1: len(on[1])})
             first, second = nodes["origin"]["pid"], nodes["origin-w1"]["pid"]
             pids |= {first, second}
             assert children_of(serve.pid) == sorted(pids)
@@ -544,6 +546,34 @@ async def test_a_killed_worker_is_started_again_and_its_viewers_come_back(
             await serve.stop()
             kill_pids(sorted(pids))
             await http.close()
+
+
+async def _metrics_show_every_worker(
+    http: aiohttp.ClientSession, base: str, viewers: dict[int, int]
+) -> None:
+    """Whichever worker the kernel hands a scrape of the shared port, it answers for both."""
+    expected = {"origin": viewers[0], "origin-w1": viewers[1]}
+    for _ in range(6):  # a fresh connection each: both workers answer some of them
+        async with http.get(f"{base}/metrics") as r:
+            assert r.status == 200, await r.text()
+            text = await r.text()
+        served: dict[str, float] = {}
+        unanswered = None
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "studycast_relay_viewers" and sample.labels["kind"] != "edge":
+                    node = sample.labels["node"]
+                    served[node] = served.get(node, 0) + sample.value
+                elif sample.name == "studycast_workers_unanswered":
+                    unanswered = sample.value
+        assert served == expected, text[:2000]
+        assert unanswered == 0
+        assert text.count("# TYPE studycast_relay_viewers gauge") == 1  # one family, merged
+        assert 'studycast_event_loop_stalls_total{node="origin-w1"}' in text
+    async with http.get(f"{base}/metrics?worker=self") as r:
+        own = await r.text()
+    nodes = {s.labels["node"] for f in text_string_to_metric_families(own) for s in f.samples}
+    assert len(nodes) == 1 and nodes <= set(expected), nodes  # that worker alone
 
 
 def _seconds(figures: dict[str, float]) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from support import Client, FakeClock, make_settings
 
@@ -24,6 +25,7 @@ from attendance.units import UnitTree
 from attendance.users import add_user
 from server.app import CONTENT_SECURITY_POLICY, create_app
 from server.auth import check_access_declared, public
+from server.metrics import Metrics, merge_expositions
 
 PASSWORD = "correct horse battery staple"
 
@@ -287,6 +289,31 @@ async def test_metrics_count_requests(client: Client) -> None:
     # Every series names the node, the process collector's too.
     samples = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert samples and all('node="origin"' in line for line in samples)
+
+
+def test_worker_expositions_merge_into_one_family_each() -> None:
+    first, second = Metrics("origin"), Metrics("origin-w1")
+    first.login_throttled.inc()
+    second.login_throttled.inc(2)
+    second.loop_lag.observe(0.3)
+    merged = merge_expositions(
+        [first.render().decode(), second.render().decode()], unanswered=("origin", 1)
+    ).decode()
+    families = list(text_string_to_metric_families(merged))
+    names = [f.name for f in families]
+    assert len(names) == len(set(names))  # each family once, with both workers' samples
+    values = {
+        (s.name, s.labels.get("node"), s.labels.get("le")): s.value
+        for f in families
+        for s in f.samples
+    }
+    assert values[("studycast_login_throttled_total", "origin", None)] == 1
+    assert values[("studycast_login_throttled_total", "origin-w1", None)] == 2
+    assert values[("studycast_event_loop_stalls_total", "origin-w1", None)] == 1
+    assert values[("studycast_event_loop_stalls_total", "origin", None)] == 0
+    assert values[("studycast_event_loop_lag_seconds_bucket", "origin-w1", "0.5")] == 1
+    assert values[("studycast_workers_unanswered", "origin", None)] == 1
+    assert merged.count("# TYPE studycast_login_throttled_total counter") == 1
 
 
 # --- the JSON API -----------------------------------------------------------------------------
