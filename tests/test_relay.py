@@ -56,6 +56,7 @@ from server.app import STATE_RECORDER
 from server.relay.codecs import MAX_SDP_BYTES
 from server.relay.feedback import MIN_INTERVAL_S
 from server.relay.ice import rtc_configuration
+from server.relay.wire import AiortcChanged, check_internals
 from server.tokens import TokenRole
 from server.whip import RELAY
 
@@ -454,6 +455,52 @@ async def test_a_lost_packet_is_resent_on_the_viewers_nack(
         headers, payloads = viewer._history["video"]
         kept = [x for x in (*headers, *payloads) if x is not None]
         assert len(kept) >= 40 and not any(gc.is_tracked(x) for x in kept)
+
+
+@SQLITE_ONLY
+async def test_media_goes_out_on_the_wire_not_through_aiortcs_coroutines(
+    store: Store, tmp_path: Path, now: datetime
+) -> None:
+    async with relay_stage(store, tmp_path, now, "vp8") as stage:
+        await stage.publish()
+        watcher = await stage.watch()
+        await wait_for(lambda: len(watcher.of("video")) >= 10, 10, "10 video packets")
+        viewer = stage.hub.viewers[watcher.resource_url.rsplit("/", 1)[1]]  # type: ignore[union-attr]
+        wires = set(map(id, viewer._wires.values()))
+        assert len(wires) == 1 and viewer._wires["video"].usable()  # BUNDLE: one for both kinds
+
+        through_aiortc: list[bytes] = []
+        for kind, send in list(viewer._send_rtp.items()):
+
+            async def counted(data: bytes, send: Any = send) -> None:
+                through_aiortc.append(data)
+                await send(data)
+
+            viewer._send_rtp[kind] = counted
+        before = (len(watcher.of("video")), len(watcher.of("audio")))
+        sent_before = viewer.streams["video"].packets
+        await wait_for(
+            lambda: (
+                len(watcher.of("video")) >= before[0] + 30
+                and len(watcher.of("audio")) >= before[1] + 10
+            ),
+            10,
+            "more media",
+        )
+        # The real aiortc receiver decrypted them all: the wire's SRTP is the transport's.
+        assert through_aiortc == []
+        assert viewer.streams["video"].packets - sent_before >= 30
+        assert viewer._wires["video"].dropped == 0
+        video = watcher.of("video")[before[0] :]
+        assert set(sequence_steps(video)) == {1}
+
+
+def test_moved_aiortc_internals_are_named_at_the_first_viewer() -> None:
+    class Changed:  # what a later aiortc could look like: no DTLS state, no ICE connection
+        transport = None
+
+    with pytest.raises(AiortcChanged, match=r"RTCDtlsTransport\._state"):
+        check_internals(Changed())  # type: ignore[arg-type]
 
 
 # --- nothing leaks ---------------------------------------------------------------------------

@@ -217,7 +217,10 @@ class SessionRelay:
         for viewer in list(self.viewers.values()):
             if viewer.ready:
                 try:
-                    sent += await viewer.send(packet, now)
+                    done = viewer.send_now(packet, now)
+                    if done is None:  # not on the wire yet (or any more): aiortc's own path
+                        done = await viewer.send(packet, now)
+                    sent += done
                 except Exception:
                     # One broken viewer must never stall the broadcast for the others.
                     log.exception("session %s: dropping viewer %s", self.session_id, viewer)

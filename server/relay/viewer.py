@@ -1,9 +1,10 @@
 """A viewer's connection: a WHEP peer fed with rewritten copies of the broadcaster's packets.
 
 aiortc's sender would encode frames from a track. Our senders get a track that never yields, so
-their encoding loop waits forever; we write each packet straight to the viewer's DTLS transport
-(which encrypts it) and answer the viewer's RTCP ourselves: NACKs from a short history, PLI/FIR
-passed upstream through the fan-out, receiver reports kept as loss statistics.
+their encoding loop waits forever; we write each packet straight onto the viewer's socket,
+encrypted with its DTLS transport's SRTP session (``Wire``; aiortc's own path while that is not
+usable), and answer the viewer's RTCP ourselves: NACKs from a short history, PLI/FIR passed
+upstream through the fan-out, receiver reports kept as loss statistics.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from server.relay import codecs
 from server.relay.ice import rtc_configuration
 from server.relay.packet import SourcePacket
 from server.relay.rewrite import OutboundStream, one_byte_extensions
+from server.relay.wire import Wire
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,7 @@ class Viewer:
         self.packets_lost = 0
         self.jitter = 0
         self._send_rtp: dict[str, Callable[[bytes], Awaitable[None]]] = {}
+        self._wires: dict[str, Wire] = {}  # per kind: the same one for both under BUNDLE
         self.ready = False  # connected and not closed: media may be sent
         self._closed = False
         self.pc.on("connectionstatechange", self._state_changed)
@@ -139,19 +142,54 @@ class Viewer:
             )
             self._history[kind] = ([None] * HISTORY[kind], [None] * HISTORY[kind])
             # Bound once: the transport is fixed after negotiation (BUNDLE or not).
-            self._send_rtp[kind] = transceiver.sender.transport._send_rtp
+            dtls = transceiver.sender.transport
+            self._send_rtp[kind] = dtls._send_rtp
+            self._wires[kind] = next(
+                (w for w in self._wires.values() if w.dtls is dtls), None
+            ) or Wire(dtls)
         if "video" not in self.streams:
             self.waiting_for_keyframe = False
         return answer
 
+    def send_now(self, packet: SourcePacket, now: float) -> bool | None:
+        """Forward one source packet, rewritten for this viewer, in one synchronous call
+        (``Wire``): True if sent, False if not (not for this viewer yet, or refused by the
+        socket); None when only aiortc's own path can send now: then call ``send``."""
+        wire = self._wires.get(packet.kind)
+        if wire is None or not wire.usable():
+            return None
+        rewritten = self._rewrite(packet, now)
+        if rewritten is None:
+            return False
+        stream, data = rewritten
+        if not wire.send(data):
+            return False
+        stream.packets += 1
+        stream.octets += len(packet.payload)
+        return True
+
     async def send(self, packet: SourcePacket, now: float) -> bool:
-        """Forward one source packet, rewritten for this viewer; False when it was not sent."""
+        """Forward one source packet through aiortc's DTLS transport; False when not sent."""
+        rewritten = self._rewrite(packet, now)
+        if rewritten is None:
+            return False
+        stream, data = rewritten
+        try:
+            await self._send_rtp[packet.kind](data)
+        except ConnectionError:
+            return False
+        stream.packets += 1
+        stream.octets += len(packet.payload)
+        return True
+
+    def _rewrite(self, packet: SourcePacket, now: float) -> tuple[OutboundStream, bytes] | None:
+        """This viewer's copy of ``packet`` (kept for NACKs), or None if it gets none."""
         stream = self.streams.get(packet.kind)
         if stream is None:
-            return False
+            return None
         if packet.kind == "video" and self.waiting_for_keyframe:
             if not packet.keyframe_start:
-                return False
+                return None
             self.waiting_for_keyframe = False
             if self.first_keyframe_at is None:
                 self.first_keyframe_at = now
@@ -162,13 +200,7 @@ class Viewer:
         slot = seq % HISTORY[packet.kind]
         headers[slot] = header
         payloads[slot] = packet.payload
-        try:
-            await self._send_rtp[packet.kind](header + packet.payload)
-        except ConnectionError:
-            return False
-        stream.packets += 1
-        stream.octets += len(packet.payload)
-        return True
+        return stream, header + packet.payload
 
     def stats(self) -> dict[str, Any]:
         now = time.monotonic()
@@ -249,6 +281,10 @@ class Viewer:
             if int.from_bytes(header[2:4], "big") != seq:
                 continue  # overwritten by a newer packet
             self.retransmitted += 1
+            wire = self._wires.get(kind)
+            if wire is not None and wire.usable():
+                wire.send(header + payload)
+                continue
             try:
                 await self._send_rtp[kind](header + payload)
             except ConnectionError:
