@@ -57,48 +57,74 @@ def lags(by_pid: dict[str, dict[str, Any]] | None) -> str:
 
 
 def capacity_summary(runs: list[dict[str, Any]]) -> Iterator[str]:
-    by_w = {r["workers"]: r for r in runs}
-    for w, run in sorted(by_w.items()):
-        best = run.get("at_capacity") or {}
-        bound = (
-            " (the run did not end on failed steps: a lower bound)"
-            if run.get("capacity_is_lower_bound")
-            else ""
-        )
-        if run.get("missed_alone"):
-            bound += f"; failed alone, the next step served: {run['missed_alone']}"
-        yield (
-            f"capacity(workers {w}) = {run['capacity']} viewers{bound}; at it: relay "
-            f"{fmt(best.get('relay_cpu_pct'))} % of a core = "
-            f"{fmt(best.get('viewers_per_relay_core'))} viewers per relay core, "
-            f"{fmt(best.get('relay_ms_per_viewer_s'))} ms relay and "
-            f"{fmt(best.get('load_ms_per_viewer_s'))} ms load CPU per viewer-second; "
-            + (
-                f"spread {json.dumps(best['nodes'])}"
-                if best.get("nodes")
-                else f"spread after the last step {json.dumps(run.get('nodes_at_end'))}"
-            )
-        )
-    if 1 in by_w and 2 in by_w and by_w[1]["capacity"]:
-        c1, c2 = by_w[1]["capacity"], by_w[2]["capacity"]
+    for run in runs:
+        yield capacity_line(run)
+    ones = [r for r in runs if r["workers"] == 1]
+    twos = [r for r in runs if r["workers"] == 2]
+    # Each W=2 run against the W=1 run just before it (``--workers 1,2,1,2``: two pairs).
+    pairs = []
+    for i, run in enumerate(runs):
+        if run["workers"] == 2:
+            before = [r for r in runs[:i] if r["workers"] == 1]
+            if before and before[-1]["capacity"]:
+                pairs.append((before[-1], run))
+    for n, (one, two) in enumerate(pairs, 1):
+        c1, c2 = one["capacity"], two["capacity"]
+        yield f"pair {n}: capacity(2) / capacity(1) = {c2}/{c1} = {c2 / c1:.2f}x"
+    if ones and twos and sum(r["capacity"] for r in ones):
+        c1 = sum(r["capacity"] for r in ones) / len(ones)
+        c2 = sum(r["capacity"] for r in twos) / len(twos)
         ratio = c2 / c1
+        label = "capacity(2) / capacity(1)" + (" (means over the runs)" if len(runs) > 2 else "")
         yield (
-            f"capacity(2) / capacity(1) = {c2}/{c1} = {ratio:.2f}x (target >= {TARGET_RATIO}x: "
+            f"{label} = {c2:g}/{c1:g} = {ratio:.2f}x (target >= {TARGET_RATIO}x: "
             f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})"
         )
-        b1, b2 = by_w[1].get("at_capacity") or {}, by_w[2].get("at_capacity") or {}
-        v1, v2 = b1.get("viewers_per_relay_core"), b2.get("viewers_per_relay_core")
+        v1 = per_core(ones)
+        v2 = per_core(twos)
         if v1 and v2:
             yield (
-                f"per relay core: {v1} viewers (workers 1) and {v2} (workers 2); with both cores "
-                f"for the relay (load tool elsewhere) that is {v1} vs {2 * v2} viewers = "
-                f"{2 * v2 / v1:.2f}x"
+                f"per relay core: {v1:g} viewers (workers 1) and {v2:g} (workers 2); with both "
+                f"cores for the relay (load tool elsewhere) that is {v1:g} vs {2 * v2:g} viewers "
+                f"= {2 * v2 / v1:.2f}x"
             )
-    for w, run in sorted(by_w.items()):
+    for run in runs:
         best = run.get("at_capacity") or {}
         load, relay = best.get("load_ms_per_viewer_s"), best.get("relay_ms_per_viewer_s")
         if load and relay:
+            w = run["workers"]
             yield f"load / relay CPU per viewer at capacity(workers {w}): {load / relay:.2f}"
+
+
+def capacity_line(run: dict[str, Any]) -> str:
+    best = run.get("at_capacity") or {}
+    bound = (
+        " (the run did not end on failed steps: a lower bound)"
+        if run.get("capacity_is_lower_bound")
+        else ""
+    )
+    if run.get("missed_alone"):
+        bound += f"; failed alone, the next step served: {run['missed_alone']}"
+    return (
+        f"capacity(workers {run['workers']}) = {run['capacity']} viewers{bound}; at it: relay "
+        f"{fmt(best.get('relay_cpu_pct'))} % of a core = "
+        f"{fmt(best.get('viewers_per_relay_core'))} viewers per relay core, "
+        f"{fmt(best.get('relay_ms_per_viewer_s'))} ms relay and "
+        f"{fmt(best.get('load_ms_per_viewer_s'))} ms load CPU per viewer-second; "
+        + (
+            f"spread {json.dumps(best['nodes'])}"
+            if best.get("nodes")
+            else f"spread after the last step {json.dumps(run.get('nodes_at_end'))}"
+        )
+    )
+
+
+def per_core(runs: list[dict[str, Any]]) -> float | None:
+    """Mean viewers per relay core at capacity over ``runs`` (None if any lacks it)."""
+    found = [(r.get("at_capacity") or {}).get("viewers_per_relay_core") for r in runs]
+    if not found or any(not v for v in found):
+        return None
+    return round(sum(found) / len(found))
 
 
 def edge_summary(run: dict[str, Any]) -> Iterator[str]:
