@@ -8,14 +8,16 @@ what an edge costs its origin against what a viewer costs it.
    ``--interval`` seconds). In each step the new viewers join over the first seconds, and every
    viewer's video frames are counted over a window at the end of the step. A step is served when
    at least ``--served-share`` of its viewers got >= 95 % of the 30 fps; the run ends at
-   ``--misses`` + 1 failed steps in a row (a step failing alone is measured again by the next,
-   larger one, and listed), and capacity(W) is the largest served step before that. A viewer's
-   frame rate is its frames over the time between the two readings of its count, each timed at
-   the middle of the read (``scale_load.py``). Beside each step: the publisher's own frame rate
-   in the window and each relay process's event-loop stalls (its ``/metrics``), so a failed step
-   says whether the source, a stalled relay process or a relay out of CPU failed it. Every load
-   viewer POSTs over its own TCP connection, so ``SO_REUSEPORT`` spreads them over the workers;
-   the spread is read from ``GET /api/nodes`` (the demo organiser's login) and printed.
+   ``--misses`` (1) + 1 failed steps in a row (a step failing alone is measured again by the
+   next, larger one, unless that one's viewers got over 105 % of the frame rate: a saturated
+   relay draining its backlog; the host's speed moves within seconds here), and capacity(W) is
+   the largest served step before that. A viewer's frame rate is its frames over the time
+   between the two readings of its count, each timed at the middle of the read
+   (``scale_load.py``). Beside each step: the publisher's own frame rate in the window and each
+   relay process's event-loop stalls (its ``/metrics``), so a failed step says whether the
+   source, a stalled relay process or a relay out of CPU failed it. Every load viewer POSTs over
+   its own TCP connection, so ``SO_REUSEPORT`` spreads them over the workers; the spread is read
+   from ``GET /api/nodes`` (the demo organiser's login) and printed.
 2. **Origin CPU per edge against per viewer.** An origin (``--workers 1``) with the broadcaster
    only (a), with K ``CountingViewer``s (b: aiortc's receiver reports, like a browser), and with
    K edges (``serve --origin URL --node-token T --workers 1``, one ``CountingViewer`` each, so
@@ -104,6 +106,7 @@ from scale_server import STARTUP_TIMEOUT_S, Organiser, Server, fresh_database, s
 from client import netfilter_tally  # noqa: E402 (after the path set-up)
 
 GOOD_FPS_SHARE = 0.95  # a viewer is served at >= 95 % of the published frame rate
+DRAIN_SHARE = 1.05  # above this after a failed step: a backlog drained, not a relay keeping up
 SETTLE_S = 1.5  # after a step's joins, before its window opens
 EDGE_SETTLE_S = 6.0  # an edge connects upstream on its first viewer
 MAX_JOIN_RATE = 15.0  # viewers per second per step, over all load processes
@@ -212,7 +215,7 @@ async def capacity_run(
                     + (f", errors {row['errors']}" if row["errors"] else "")
                     + (f"; others: {', '.join(row['others_top'])}" if row["others_top"] else "")
                 )
-                if not row["served"] and not one_miss(result["steps"], args.misses):
+                if failing(result["steps"])[-1] and not one_miss(result["steps"], args.misses):
                     break
                 if time.monotonic() - started > args.capacity_seconds:
                     result["cut_short"] = f"--capacity-seconds {args.capacity_seconds:g} reached"
@@ -225,22 +228,35 @@ async def capacity_run(
             server.stop()
             await organiser.close()
     ended = run_end(result["steps"], args.misses)
-    passing = [r for r in result["steps"][:ended] if r["served"]]
+    kept = list(zip(result["steps"][:ended], failing(result["steps"]), strict=False))
+    passing = [r for r, bad in kept if not bad]
     best = passing[-1] if passing else None
     result["capacity"] = best["viewers"] if best else 0
     result["capacity_is_lower_bound"] = ended == len(result["steps"])
-    result["missed_alone"] = [r["viewers"] for r in result["steps"][:ended] if not r["served"]]
+    result["missed_alone"] = [r["viewers"] for r, bad in kept if bad]
     result["at_capacity"] = best
     result["wall_s"] = round(time.monotonic() - started, 1)
     return result
 
 
+def failing(steps: list[dict[str, Any]]) -> list[bool]:
+    """Per step, whether it counts as failed. A step served right after a failed one does not
+    count if its viewers got more than ``DRAIN_SHARE`` of the frame rate: that is a saturated
+    relay draining the backlog of the failed window into this one, not one keeping up."""
+    out: list[bool] = []
+    for row in steps:
+        median = row.get("fps_median") or 0.0
+        draining = bool(out) and out[-1] and median > DRAIN_SHARE * FPS
+        out.append(not row["served"] or draining)
+    return out
+
+
 def one_miss(steps: list[dict[str, Any]], misses: int) -> bool:
-    """Whether the run goes on after its last step failed: up to ``misses`` failed steps in a
-    row are measured again at the next step (a transient, if that one is served)."""
+    """Whether the run goes on after its last step: up to ``misses`` failed steps in a row are
+    measured again at the next step (a transient, if that one is served)."""
     failed = 0
-    for row in reversed(steps):
-        if row["served"]:
+    for bad in reversed(failing(steps)):
+        if not bad:
             break
         failed += 1
     return failed <= misses
@@ -250,8 +266,8 @@ def run_end(steps: list[dict[str, Any]], misses: int) -> int:
     """The index of the first of ``misses + 1`` failed steps in a row (len(steps) if none):
     capacity is the largest served step before it."""
     failed = 0
-    for i, row in enumerate(steps):
-        failed = 0 if row["served"] else failed + 1
+    for i, bad in enumerate(failing(steps)):
+        failed = failed + 1 if bad else 0
         if failed > misses:
             return i - misses
     return len(steps)
@@ -481,7 +497,8 @@ def main() -> None:
         type=int,
         default=1,
         help="failed steps in a row that a run goes on after, to see whether the next step is "
-        "served (a transient); capacity is the largest served step before more (1)",
+        "served (a transient; not if its viewers got > 105 %% of the frame rate: a drained "
+        "backlog); capacity is the largest served step before more (1)",
     )
     parser.add_argument(
         "--capacity-seconds", type=float, default=480.0, help="steps per W stop after (480)"
