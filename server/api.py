@@ -29,6 +29,7 @@ from attendance.units import list_units
 from attendance.venues import EDGE_URL_MAX, SLUG, add_venue, list_venues, set_venue_edge
 from server.auth import CLOCK, SETTINGS, STORE, current_user, require_role
 from server.http_errors import read_json_object
+from server.late_evidence import LATE_EVIDENCE
 from server.links import session_links
 from server.live_events import LIVE, publish_session_state
 from server.whip import RELAY
@@ -251,6 +252,8 @@ async def sessions_end(request: web.Request) -> web.Response:
         await finalize_session(db, session_id, now=now)
     await request.config_dict[RELAY].end_session(session_id)
     publish_session_state(request.config_dict[LIVE], session_id, "ended")
+    # The last seconds of viewers on every node are written at their next evidence round.
+    request.config_dict[LATE_EVIDENCE].after_end(session_id)
     async with store.read() as db:
         body = describe(await get_session(db, session_id))
     return web.json_response(body)

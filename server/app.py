@@ -41,6 +41,7 @@ from server.broadcast_state import BroadcastStateRecorder, follow_ended_sessions
 from server.callers import MEMBERS, MemberCache
 from server.http_errors import error_middleware
 from server.ingest_queue import IngestQueue
+from server.late_evidence import LATE_EVIDENCE, MARGIN_S, LateEvidence
 from server.live import LiveHub
 from server.live_bus import LiveBus
 from server.live_events import LIVE, publish_session_state
@@ -52,7 +53,7 @@ from server.relay.relay import Relay
 from server.relay.upstream import EdgeFeeds
 from server.settings import Settings
 from server.whip import EDGE_FEEDS, RECORDINGS, RELAY
-from server.workers import WORKER, WorkerPlan
+from server.workers import WORKER, WorkerPlan, peer_http_lifetime
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,10 @@ def create_app(
         loop_lag=app[METRICS].loop_lag,
     )
     app[RECORDINGS] = Recordings(store, settings.data_dir, clock)
+    app[LATE_EVIDENCE] = LateEvidence(store, clock, settings.evidence_interval_s + MARGIN_S)
     app[METRICS].registry.register(RelayCollector(app[RELAY].totals))
     app.cleanup_ctx.append(_store_lifetime)
+    app.cleanup_ctx.append(peer_http_lifetime)
     app.cleanup_ctx.append(_loop_lag_lifetime)
     app.cleanup_ctx.append(_relay_lifetime)
     app.on_shutdown.append(_end_streams)
@@ -266,6 +269,7 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
     if bus is not None:
         await bus.close()
     await app[INGEST_QUEUE].close()
+    await app[LATE_EVIDENCE].close()
     await app[LIVE].close()
     await app[RELAY].close()
     await app[RECORDINGS].close()  # the relay told the recorders; wait for files and rows

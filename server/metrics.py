@@ -28,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 from server.loop_lag import LoopLag
-from server.workers import WORKER
+from server.workers import PEER_HTTP, WORKER
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,10 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
         body = metrics.render()
     else:
         others = [i for i in range(worker.count) if i != worker.index]
-        async with aiohttp.ClientSession() as http:
-            found = await asyncio.gather(
-                *(_scrape(http, worker.private_url(i) + "/metrics?worker=self") for i in others)
-            )
+        http = request.config_dict[PEER_HTTP]
+        found = await asyncio.gather(
+            *(_scrape(http, worker.private_url(i) + "/metrics?worker=self") for i in others)
+        )
         texts = [metrics.render().decode(), *(t for t in found if t is not None)]
         missing = sum(1 for t in found if t is None)
         body = merge_expositions(texts, unanswered=(metrics.node, missing))

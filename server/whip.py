@@ -31,7 +31,7 @@ from server.relay.fanout import SessionRelay
 from server.relay.relay import Relay
 from server.relay.upstream import EdgeFeeds
 from server.tokens import VIEWER_ROLES, TokenClaims, TokenRole, bearer, verify
-from server.workers import WORKER
+from server.workers import PEER_HTTP, WORKER
 
 log = logging.getLogger(__name__)
 
@@ -186,17 +186,14 @@ async def _pass_on(request: web.Request, base_url: str) -> web.Response:
     }
     body = await request.read() if request.can_read_body else None
     try:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.request(
-                request.method,
-                base_url + request.rel_url.path,
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S),
-                allow_redirects=False,
-            ) as answer,
-        ):
+        async with request.config_dict[PEER_HTTP].request(
+            request.method,
+            base_url + request.rel_url.path,
+            data=body,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S),
+            allow_redirects=False,
+        ) as answer:
             content = await answer.read()
             passed = {
                 name: value

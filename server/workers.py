@@ -29,9 +29,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from server.settings import Settings
@@ -91,6 +93,16 @@ class WorkerPlan:
 
 # The plan of the worker an app runs in (absent: a server without workers).
 WORKER = web.AppKey("studycast.worker", WorkerPlan)
+# One HTTP client per app for what it passes on to other workers or to the origin (a request
+# that reached the wrong worker, a scrape of the siblings' metrics): connections are reused.
+PEER_HTTP = web.AppKey("studycast.peer_http", aiohttp.ClientSession)
+
+
+async def peer_http_lifetime(app: web.Application) -> AsyncIterator[None]:
+    """``app[PEER_HTTP]`` from start-up to clean-up."""
+    app[PEER_HTTP] = aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar())
+    yield
+    await app[PEER_HTTP].close()
 
 
 def default_workers(settings: Settings) -> int:

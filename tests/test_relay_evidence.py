@@ -13,12 +13,14 @@ from relay_support import SECRET, Watcher, relay_stage, wait_for
 from sqlalchemy import select
 
 from attendance.clock import utcnow
-from attendance.evaluation import session_attendance
-from attendance.models import AttendanceEvent, Member, SessionVenue
+from attendance.evaluation import finalize_session, session_attendance
+from attendance.models import AttendanceEvent, Member, SessionResult, SessionVenue
+from attendance.sessions import end_session
 from attendance.store import Store
 from attendance.units import UnitTree
 from attendance.venues import add_venue
 from server.app import STATE_RECORDER
+from server.late_evidence import LateEvidence
 from server.record_tasks import EvidenceSampler
 from server.tokens import TokenRole, issue
 from server.whip import RELAY
@@ -139,3 +141,51 @@ async def test_delivered_media_and_heartbeats_become_watched_time(
             )
         assert all(datetime.fromisoformat(p["to"]) <= hung_up for p in last)
         assert await sampler.sample() == 0
+
+
+async def test_an_ended_session_is_evaluated_again_with_its_late_evidence(
+    store: Store, tmp_path: Path
+) -> None:
+    """The end evaluates at once; the last seconds of a viewer who hung up just before are
+    written at the next evidence round, and the stored results take them in afterwards."""
+    now = datetime.now(UTC)
+    async with relay_stage(store, tmp_path, now, "vp8", clock=utcnow) as stage:
+        await _member_and_venue(store, stage.session_id, now)
+        sid = stage.session_id
+        token = issue(
+            SECRET, session_id=sid, role=TokenRole.MEMBER, subject="member:1001", now=now, version=1
+        )
+        view = Watcher()
+        stage.watchers.append(view)
+        await view.start(stage.http, stage.url(f"/whep/{sid}"), token)
+        await view.wait_connected()
+        sampler = EvidenceSampler(store, stage.app[RELAY], utcnow)
+        await stage.publish()
+        await wait_for(lambda: len(view.of("video")) >= 10, 10, "member video")
+        for _ in range(4):  # heartbeats every 0.5 s, evidence sampled along, except the last
+            beat = {"id": str(uuid.uuid4()), "type": "heartbeat", "at": utcnow().isoformat()}
+            r = await stage.http.post(
+                stage.url(f"/api/sessions/{sid}/events"),
+                json={"events": [beat]},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert r.status == 200, await r.text()
+            await asyncio.sleep(0.5)
+            await sampler.sample()
+        await asyncio.sleep(1.0)  # delivered, not yet recorded
+        await view.hang_up(stage.http, token)
+        async with store.write() as db:
+            await end_session(db, sid, now=utcnow(), actor="test")
+            await finalize_session(db, sid, now=utcnow())
+        async with store.read() as db:
+            at_end = (await db.scalars(select(SessionResult.watched_s))).one()
+
+        late = LateEvidence(store, utcnow, delay_s=0.5)
+        late.after_end(sid)
+        late.after_end(sid)  # asked twice before it runs: evaluated once
+        assert await sampler.sample() == 1  # the viewer's last second, written after the end
+        await wait_for(lambda: late.evaluated == [sid], 10, "the evaluation again")
+        async with store.read() as db:
+            again = (await db.scalars(select(SessionResult.watched_s))).one()
+        assert again >= at_end + 0.8, (at_end, again)
+        await late.close()

@@ -379,6 +379,8 @@ async def test_attendance_of_members_on_an_edge_equals_the_script(
     finally:
         await broadcast.close()
 
+    seen: list[str] = []
+
     async def settled() -> tuple[dict[str, Any], dict[str, tuple[float, float]]] | None:
         """The report and the attendance view, once they agree: the edge writes its last
         evidence rows a moment after the hang-ups, so a read at once may miss the last second."""
@@ -387,9 +389,16 @@ async def test_attendance_of_members_on_an_edge_equals_the_script(
         rows = {r["member_no"]: r for r in report["rows"]}
         remote = {r["member_no"]: (r["remote_s"], r["onsite_s"]) for r in attendance["members"]}
         agree = all(remote[m][0] == rows[m]["watched_s"] for m in (member_a, member_b))
+        seen[:] = [
+            f"{m}: report {rows[m]['watched_s']} s, attendance {remote[m][0]} s"
+            for m in (member_a, member_b)
+        ]
         return (rows, remote) if agree else None
 
-    rows, remote = await eventually(settled, 5, "the report and the attendance view to agree")
+    try:
+        rows, remote = await eventually(settled, 15, "the report and the attendance view to agree")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last read: {'; '.join(seen)}") from None
     watched = {m: rows[m]["watched_s"] for m in (member_a, member_b)}
     print(
         f"\nattendance on edge-b: A watched {watched[member_a]} s (script {truth_a:.1f} s), "
