@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -23,8 +22,9 @@ import aiohttp
 from bench_relay import cpu_seconds, loadavg, machine_ticks, udp_drops
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.workers import PLAN_ENV, WorkerPlan
+
 TICK = os.sysconf("SC_CLK_TCK")
-PLAN_ENV = "STUDYCAST_WORKER_PLAN"  # server.workers.PLAN_ENV: where a worker's ports are
 LAG = "studycast_event_loop_lag_seconds"
 STALLS = "studycast_event_loop_stalls"
 
@@ -171,13 +171,14 @@ def metrics_urls(pids: list[int], public_url: str) -> dict[int, str]:
     plan in its environment), or the public URL of a server without workers."""
     urls = {}
     for pid in pids:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError, KeyError):
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
             for item in environ:
                 name, _, value = item.partition(b"=")
                 if name.decode(errors="replace") == PLAN_ENV:
-                    plan = json.loads(value)
-                    urls[pid] = f"http://127.0.0.1:{plan['private'][plan['index']]}/metrics"
+                    plan = WorkerPlan.from_env({PLAN_ENV: value.decode()})
+                    if plan is not None:
+                        urls[pid] = plan.private_url(plan.index) + "/metrics"
     if not urls and pids:
         urls[pids[0]] = public_url.rstrip("/") + "/metrics"
     return urls
