@@ -67,17 +67,26 @@ def test_node_list_shows_what_nodes_reported(tmp_path: Path) -> None:
             "VALUES ('edge-sh', 'edge', 'http://sh.example:8080', 99, ?, ?, ?)",
             (seen, seen, json.dumps(status)),
         )
+        lagging = {**status, "viewers": 3, "loop_lag_max_s": 0.42}
+        db.execute(
+            "INSERT INTO nodes (name, role, url, pid, started_at, seen_at, status) "
+            "VALUES ('origin', 'origin', 'http://bj.example:8080', 98, ?, ?, ?)",
+            (seen, seen, json.dumps(lagging)),
+        )
         db.commit()
     finally:
         db.close()
     listed = studycast(tmp_path, "node", "list", "--json")
     assert listed.returncode == 0, listed.stderr
-    [node] = json.loads(listed.stdout)
+    origin, node = json.loads(listed.stdout)
+    assert (origin["name"], origin["loop_lag_max_s"]) == ("origin", 0.42)
     assert (node["name"], node["role"], node["online"], node["viewers"]) == (
         "edge-sh",
         "edge",
         True,
         12,
     )
-    table = studycast(tmp_path, "node", "list").stdout
-    assert "edge-sh" in table and "online" in table and "http://sh.example:8080" in table
+    table = studycast(tmp_path, "node", "list").stdout.splitlines()
+    assert "lag 0.42 s" in table[0] and "http://bj.example:8080" in table[0]
+    assert "edge-sh" in table[1] and "online" in table[1] and "lag -" in table[1]
+    assert "http://sh.example:8080" in table[1]

@@ -67,7 +67,8 @@ def token(name: str, days: int) -> None:
 @node.command("list")
 @json_option
 def node_list(as_json: bool) -> None:
-    """Every node that has run: role, URL, online or not, sessions and viewers, CPU load."""
+    """Every node that has run: role, URL, online or not, sessions and viewers, CPU load, the
+    event loop's worst lag since its last report."""
     from server.nodes import list_nodes
 
     @with_store
@@ -84,7 +85,8 @@ def node_list(as_json: bool) -> None:
         return
     for n in nodes:
         state = "online" if n["online"] else f"offline ({n['seen_s_ago']:.0f} s)"
+        lag = n.get("loop_lag_max_s")  # (rows of nodes older than the lag meter have none)
         click.echo(
             f"{n['name']:<20} {n['role']:<7} {state:<18} viewers {n['viewers']:>5} "
-            f"cpu {n['cpu']:.2f}  {n['url']}"
+            f"cpu {n['cpu']:.2f}  lag {'-' if lag is None else f'{lag:.2f} s':<6}  {n['url']}"
         )
