@@ -33,7 +33,6 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.rtp import RtcpReceiverInfo, RtcpRrPacket
 
 from client.header_batch import DatagramTable
-from client.loadtest import payload_codecs
 from client.netfilter_tally import NetfilterTally
 from client.publisher import (
     DEFAULT_REQUEST_TIMEOUT,
@@ -42,6 +41,7 @@ from client.publisher import (
     delete_resource,
     post_offer,
 )
+from client.stream_counter import payload_codecs
 from server.relay.ice import rtc_configuration
 
 DEFAULT_SWEEP_INTERVAL = 0.1

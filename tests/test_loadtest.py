@@ -26,10 +26,11 @@ from whep_support import TOKEN, WAIT, WhepEndpoint, eventually, remote_reports, 
 
 from client import loadtest as lt
 from client.clip import EncodedClip, make_clip
-from client.loadtest import CountingViewer, StreamCounter, is_keyframe_start, run_loadtest
+from client.loadtest import CountingViewer, run_loadtest
 from client.publisher import (
     SignallingError,
 )
+from client.stream_counter import StreamCounter, install_counter, is_keyframe_start
 from server.cli.loadtest import loadtest
 from server.relay.ice import advertise_addresses, rtc_configuration
 
@@ -353,6 +354,6 @@ async def test_aiortc_internals_we_rely_on_are_still_there() -> None:
     try:
         receiver = pc.addTransceiver("video", direction="recvonly").receiver
         assert receiver._RTCRtpReceiver__remote_streams == {}  # type: ignore[attr-defined]
-        lt.install_counter(receiver, StreamCounter("video"))
+        install_counter(receiver, StreamCounter("video"))
     finally:
         await pc.close()

@@ -22,8 +22,8 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 
 from client.clip import EncodedClip, VideoCodec, make_clip, read_frame_number
-from client.loadtest import payload_codecs
 from client.publisher import PacedPacketTrack, SignallingError, publish
+from client.stream_counter import payload_codecs
 from server.relay.ice import advertise_addresses, rtc_configuration
 
 TOKEN = "publish-token"

@@ -45,9 +45,10 @@ from client.audio import (
     open_audio_output,
 )
 from client.clip import draw_frame, read_frame_number
+from client.liveness import Liveness, Verdict
 from client.publisher import SignallingError
 from client.screen import CheckinCode, compose
-from client.watch import Liveness, Target, Verdict, WatchError, judge, parse_target
+from client.watch import Target, WatchError, judge, parse_target
 from server.relay.ice import advertise_addresses
 from server.tokens import TokenRole, issue
 
