@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, delete, or_, select
+from sqlalchemy import ColumnElement, delete, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from attendance import intervals
@@ -137,9 +137,18 @@ async def session_attendance(
         p["at"].as_string(),
         p["state"].as_string(),
     ).where(*base, AttendanceEvent.kind.in_(("broadcast", "media", "heartbeat")))
-    for kind, member_id, venue_id, happened, visible, status, start, end, at, state in (
-        await db.execute(bulk)
-    ):
+    for (
+        kind,
+        member_id,
+        venue_id,
+        happened,
+        visible,
+        status,
+        start,
+        end,
+        at,
+        state,
+    ) in await db.execute(bulk):
         if kind == "broadcast":
             changes.append((_time(at), str(state)))
         elif kind == "media":
@@ -356,6 +365,30 @@ async def finalize_session(db: AsyncSession, session_id: int, *, now: datetime) 
     )
     await db.flush()
     return rows
+
+
+async def evaluated_too_early(
+    db: AsyncSession, *, late: timedelta, ended_from: datetime, ended_until: datetime
+) -> list[int]:
+    """Sessions that ended between ``ended_from`` and ``ended_until`` whose stored results were
+    evaluated less than ``late`` after the end: before the evidence written after the end (each
+    node's next evidence round) could be in them."""
+    rows = await db.execute(
+        select(StudySession.id, StudySession.ended_at, func.min(SessionResult.evaluated_at))
+        .join(SessionResult, SessionResult.session_id == StudySession.id)
+        .where(
+            StudySession.ended_at.is_not(None),
+            StudySession.ended_at >= ended_from,
+            StudySession.ended_at <= ended_until,
+        )
+        .group_by(StudySession.id, StudySession.ended_at)
+        .order_by(StudySession.id)
+    )
+    return [
+        session_id
+        for session_id, ended_at, first_evaluated in rows
+        if ended_at is not None and as_utc(first_evaluated) < as_utc(ended_at) + late
+    ]
 
 
 async def settle_attendance_points(

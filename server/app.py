@@ -142,6 +142,7 @@ def create_app(
     app[LATE_EVIDENCE] = LateEvidence(store, clock, settings.evidence_interval_s + MARGIN_S)
     app[METRICS].registry.register(RelayCollector(app[RELAY].totals))
     app.cleanup_ctx.append(_store_lifetime)
+    app.cleanup_ctx.append(_late_evidence_lifetime)
     app.cleanup_ctx.append(peer_http_lifetime)
     app.cleanup_ctx.append(_loop_lag_lifetime)
     app.cleanup_ctx.append(_relay_lifetime)
@@ -184,6 +185,16 @@ async def _store_lifetime(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[STORE].close()
     log.info("record store closed")
+
+
+async def _late_evidence_lifetime(app: web.Application) -> AsyncIterator[None]:
+    """Every node evaluates the sessions its API ends again; the origin (worker 0 of a node
+    with workers) also sweeps the record for the ones nobody did (``server.late_evidence``)."""
+    late = app[LATE_EVIDENCE]
+    if not app[SETTINGS].is_edge:
+        late.start_sweeping()
+    yield
+    await late.close()
 
 
 async def _loop_lag_lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -269,7 +280,6 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
     if bus is not None:
         await bus.close()
     await app[INGEST_QUEUE].close()
-    await app[LATE_EVIDENCE].close()
     await app[LIVE].close()
     await app[RELAY].close()
     await app[RECORDINGS].close()  # the relay told the recorders; wait for files and rows

@@ -27,6 +27,7 @@ from attendance.store import Store
 from client.publisher import SignallingError, publish
 from server import nodes
 from server.app import create_app
+from server.late_evidence import LATE_EVIDENCE
 from server.record_tasks import live_counts
 from server.relay import upstream
 from server.tokens import TokenRole, issue_node_token
@@ -52,6 +53,8 @@ async def test_an_edge_pulls_once_and_feeds_its_viewers(
         await edge.start_server()
         viewers: list[Watcher] = []
         try:
+            # The origin alone sweeps for sessions to evaluate again (two would race).
+            assert origin.app[LATE_EVIDENCE].sweeping and not edge_app[LATE_EVIDENCE].sweeping
             clip = shared_clip(codec)
             await origin.publish()
             edge_whep = str(edge.make_url(f"/whep/{origin.session_id}"))
@@ -180,6 +183,8 @@ async def test_nodes_report_what_they_serve(
                     set(found) == {"origin", "edge-1"}
                     and found["origin"]["viewers"] == 1
                     and found["edge-1"]["viewers"] == 1
+                    # The edge's pull starts with its viewer; the origin may report before it.
+                    and "edge" in found["origin"]["sessions"].get(sid, {}).get("by_kind", {})  # type: ignore[attr-defined]
                 )
                 return found if ready else None
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from relay_support import SECRET, Watcher, relay_stage, wait_for
+from relay_support import SECRET, Stage, Watcher, relay_stage, wait_for
 from sqlalchemy import select
 
 from attendance.clock import utcnow
@@ -20,7 +20,7 @@ from attendance.store import Store
 from attendance.units import UnitTree
 from attendance.venues import add_venue
 from server.app import STATE_RECORDER
-from server.late_evidence import LateEvidence
+from server.late_evidence import LATE_EVIDENCE, LateEvidence
 from server.record_tasks import EvidenceSampler
 from server.tokens import TokenRole, issue
 from server.whip import RELAY
@@ -143,6 +143,36 @@ async def test_delivered_media_and_heartbeats_become_watched_time(
         assert await sampler.sample() == 0
 
 
+async def _watch_then_hang_up(stage: Stage, store: Store, now: datetime) -> EvidenceSampler:
+    """Member 1001 watches with heartbeats every 0.5 s, evidence sampled along, then hangs up
+    1 s after the last sample: that last second is delivered but not yet recorded."""
+    await _member_and_venue(store, stage.session_id, now)
+    sid = stage.session_id
+    token = issue(
+        SECRET, session_id=sid, role=TokenRole.MEMBER, subject="member:1001", now=now, version=1
+    )
+    view = Watcher()
+    stage.watchers.append(view)
+    await view.start(stage.http, stage.url(f"/whep/{sid}"), token)
+    await view.wait_connected()
+    sampler = EvidenceSampler(store, stage.app[RELAY], utcnow)
+    await stage.publish()
+    await wait_for(lambda: len(view.of("video")) >= 10, 10, "member video")
+    for _ in range(4):
+        beat = {"id": str(uuid.uuid4()), "type": "heartbeat", "at": utcnow().isoformat()}
+        r = await stage.http.post(
+            stage.url(f"/api/sessions/{sid}/events"),
+            json={"events": [beat]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status == 200, await r.text()
+        await asyncio.sleep(0.5)
+        await sampler.sample()
+    await asyncio.sleep(1.0)  # delivered, not yet recorded
+    await view.hang_up(stage.http, token)
+    return sampler
+
+
 async def test_an_ended_session_is_evaluated_again_with_its_late_evidence(
     store: Store, tmp_path: Path
 ) -> None:
@@ -150,30 +180,8 @@ async def test_an_ended_session_is_evaluated_again_with_its_late_evidence(
     written at the next evidence round, and the stored results take them in afterwards."""
     now = datetime.now(UTC)
     async with relay_stage(store, tmp_path, now, "vp8", clock=utcnow) as stage:
-        await _member_and_venue(store, stage.session_id, now)
         sid = stage.session_id
-        token = issue(
-            SECRET, session_id=sid, role=TokenRole.MEMBER, subject="member:1001", now=now, version=1
-        )
-        view = Watcher()
-        stage.watchers.append(view)
-        await view.start(stage.http, stage.url(f"/whep/{sid}"), token)
-        await view.wait_connected()
-        sampler = EvidenceSampler(store, stage.app[RELAY], utcnow)
-        await stage.publish()
-        await wait_for(lambda: len(view.of("video")) >= 10, 10, "member video")
-        for _ in range(4):  # heartbeats every 0.5 s, evidence sampled along, except the last
-            beat = {"id": str(uuid.uuid4()), "type": "heartbeat", "at": utcnow().isoformat()}
-            r = await stage.http.post(
-                stage.url(f"/api/sessions/{sid}/events"),
-                json={"events": [beat]},
-                headers={"Authorization": f"Bearer {token}"},
-            )
-            assert r.status == 200, await r.text()
-            await asyncio.sleep(0.5)
-            await sampler.sample()
-        await asyncio.sleep(1.0)  # delivered, not yet recorded
-        await view.hang_up(stage.http, token)
+        sampler = await _watch_then_hang_up(stage, store, now)
         async with store.write() as db:
             await end_session(db, sid, now=utcnow(), actor="test")
             await finalize_session(db, sid, now=utcnow())
@@ -184,8 +192,43 @@ async def test_an_ended_session_is_evaluated_again_with_its_late_evidence(
         late.after_end(sid)
         late.after_end(sid)  # asked twice before it runs: evaluated once
         assert await sampler.sample() == 1  # the viewer's last second, written after the end
-        await wait_for(lambda: late.evaluated == [sid], 10, "the evaluation again")
+        await wait_for(lambda: list(late.evaluated) == [sid], 10, "the evaluation again")
         async with store.read() as db:
             again = (await db.scalars(select(SessionResult.watched_s))).one()
         assert again >= at_end + 0.8, (at_end, again)
+        await late.close()
+
+
+async def test_a_session_ended_without_asking_is_evaluated_again_by_the_sweep(
+    store: Store, tmp_path: Path
+) -> None:
+    """``studycast session end`` (or a node that stopped before its evaluation was due)
+    evaluates once: the origin's sweep finds results older than their late evidence and
+    evaluates the session again, once; sessions ended too long ago are left alone."""
+    now = datetime.now(UTC)
+    async with relay_stage(store, tmp_path, now, "vp8", clock=utcnow) as stage:
+        assert stage.app[LATE_EVIDENCE].sweeping  # the origin sweeps from its start
+        sid = stage.session_id
+        sampler = await _watch_then_hang_up(stage, store, now)
+        async with store.write() as db:  # what the CLI does: end and evaluate, nothing more
+            await end_session(db, sid, now=utcnow(), actor="test")
+            await finalize_session(db, sid, now=utcnow())
+        async with store.read() as db:
+            at_end = (await db.scalars(select(SessionResult.watched_s))).one()
+        assert await sampler.sample() == 1  # the viewer's last seconds, written after the end
+
+        shift = timedelta(0)
+        late = LateEvidence(store, lambda: utcnow() + shift, delay_s=5.0, sweep_every_s=10.0)
+        assert await late.sweep() == []  # not due before the end + delay + a sweep interval
+        shift = timedelta(seconds=16)
+        assert await late.sweep() == [sid]
+        async with store.read() as db:
+            result = (await db.scalars(select(SessionResult))).one()
+        assert result.watched_s >= at_end + 0.8, (at_end, result.watched_s)
+        assert await late.sweep() == []  # its results are now newer than its late evidence
+        shift = timedelta(days=3)
+        async with store.write() as db:  # evaluated too early again, but ended too long ago
+            await finalize_session(db, sid, now=utcnow())
+        assert await late.sweep() == []
+        assert list(late.evaluated) == [sid]
         await late.close()

@@ -188,7 +188,10 @@ def links(session_id: int, as_json: bool) -> None:
 @click.argument("session_id", type=click.IntRange(min=1))
 @json_option
 def end(session_id: int, as_json: bool) -> None:
-    """End a session for good (a running server disconnects its peers within seconds)."""
+    """End a session for good (a running server disconnects its peers within seconds).
+
+    Its attendance is evaluated now, and again by the running origin once every node's
+    evidence of the last seconds is in (within ~80 s at the default evidence interval)."""
 
     @with_store
     async def go(store: Store, _settings: Settings) -> dict[str, Any]:
