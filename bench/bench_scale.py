@@ -19,10 +19,13 @@ what an edge costs its origin against what a viewer costs it.
    its own TCP connection, so ``SO_REUSEPORT`` spreads them over the workers; the spread is read
    from ``GET /api/nodes`` (the demo organiser's login) and printed.
 2. **Origin CPU per edge against per viewer.** An origin (``--workers 1``) with the broadcaster
-   only (a), with K ``CountingViewer``s (b: aiortc's receiver reports, like a browser), and with
-   K edges (``serve --origin URL --node-token T --workers 1``, one ``CountingViewer`` each, so
-   each edge pulls the session) instead of the viewers (c); the origin's CPU is read over two
-   windows of each. Per viewer = (b - a) / K, per edge = (c - a) / K.
+   only (a), with K ``CountingViewer``s in one load process (b: aiortc's receiver reports, like
+   a browser), with K ``CountingViewer``s in K load processes, one each (v), and with K edges
+   (``serve --origin URL --node-token T --workers 1``, one ``CountingViewer`` each, so each edge
+   pulls the session) instead of the viewers (c); the origin's CPU is read over two windows of
+   each. Per viewer = (b - a) / K or (v - a) / K, per edge = (c - a) / K. On loopback the sender
+   pays for waking the receiving process inside ``sendto``; an edge is a process of its own, so
+   (v), a process per viewer, is the like-for-like comparison and (b) shows what that costs.
 
 The capacity steps' viewers are ``client.header_viewer.HeaderCountingViewer``s, because the
 load generator shares the two cores with the relay and every core-second it takes is one the
@@ -372,16 +375,19 @@ async def edge_run(
             # Both windows of a step are inside its counting window, which is 2w + 0.5 s long.
             plan_b = plan(a_opens + 2 * w + 0.5, 3.0)
             plan_b.interval = plan_b.join_s(0) + plan_b.settle + 2 * w + 0.75
-            plan_c = plan(plan_b.end() + 3.0, EDGE_SETTLE_S)
+            plan_v = plan(plan_b.end() + 3.0, 3.0)
+            plan_v.interval = plan_v.join_s(0) + plan_v.settle + 2 * w + 0.75
+            plan_c = plan(plan_v.end() + 3.0, EDGE_SETTLE_S)
             plan_c.interval = plan_c.join_s(0) + plan_c.settle + 2 * w + 0.75
             sid = links["id"]
-            for tag, urls, p in (
-                ("viewers", [links["whep_url"]], plan_b),
-                ("edge-viewers", [f"{edge.base_url}/whep/{sid}" for edge in edges], plan_c),
+            for tag, urls, p, procs in (
+                ("viewers", [links["whep_url"]], plan_b, 1),
+                ("viewers-apart", [links["whep_url"]], plan_v, k),
+                ("edge-viewers", [f"{edge.base_url}/whep/{sid}" for edge in edges], plan_c, 1),
             ):
                 loads.append(
                     LoadProcesses.start(
-                        rundir, tag, urls, links["whep_token"], p, procs=1, nice=args.load_nice
+                        rundir, tag, urls, links["whep_token"], p, procs=procs, nice=args.load_nice
                     )
                 )
 
@@ -406,9 +412,11 @@ async def edge_run(
             await measure("a", a_opens)
             await measure("b", plan_b.window(0)[0])
             result["fps"]["b"] = (await loads[0].wait_step(0, 15.0))["fps"]
+            await measure("v", plan_v.window(0)[0])
+            result["fps"]["v"] = (await loads[1].wait_step(0, 15.0))["fps"]
             await measure("c", plan_c.window(0)[0])
-            result["fps"]["c"] = (await loads[1].wait_step(0, 15.0))["fps"]
-            log(f"  fps of the viewers: (b) {result['fps']['b']}, (c) {result['fps']['c']}")
+            result["fps"]["c"] = (await loads[2].wait_step(0, 15.0))["fps"]
+            log(f"  fps of the viewers: {json.dumps(result['fps'])}")
         finally:
             for load in loads:
                 await load.stop()
@@ -418,13 +426,15 @@ async def edge_run(
             origin.stop()
             await organiser.close()
     got = result["windows"]
-    per_viewer, per_edge = [], []
+    per_viewer, per_viewer_apart, per_edge = [], [], []
     for run in (1, 2):
-        if all(f"{x}{run}" in got for x in "abc"):
+        if all(f"{x}{run}" in got for x in "abvc"):
             a = got[f"a{run}"]["relay_cpu_pct"]
             per_viewer.append(round((got[f"b{run}"]["relay_cpu_pct"] - a) / k, 2))
+            per_viewer_apart.append(round((got[f"v{run}"]["relay_cpu_pct"] - a) / k, 2))
             per_edge.append(round((got[f"c{run}"]["relay_cpu_pct"] - a) / k, 2))
     result["per_viewer_pct"] = per_viewer
+    result["per_viewer_apart_pct"] = per_viewer_apart
     result["per_edge_pct"] = per_edge
     result["wall_s"] = round(time.monotonic() - started, 1)
     return result
@@ -602,7 +612,9 @@ def main() -> None:
         "capacity": {str(r["workers"]): r.get("capacity") for r in out["capacity"]},
         "edges": None
         if not edges or edges.get("failed")
-        else {"per_viewer_pct": edges["per_viewer_pct"], "per_edge_pct": edges["per_edge_pct"]},
+        else {
+            key: edges[key] for key in ("per_viewer_pct", "per_viewer_apart_pct", "per_edge_pct")
+        },
         "wall_s": out["wall_s"],
     }
     print("\nJSON " + json.dumps(summary))

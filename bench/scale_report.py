@@ -133,14 +133,22 @@ def edge_summary(run: dict[str, Any]) -> Iterator[str]:
     yield "|---|---:|---:|"
     names = {
         "a": "(a) broadcaster only",
-        "b": f"(b) + {run['k']} viewers",
+        "b": f"(b) + {run['k']} viewers in one process",
+        "v": f"(v) + {run['k']} viewers, a process each",
         "c": f"(c) + {run['k']} edges (1 viewer each)",
     }
     for key, name in names.items():
         cells = [fmt((w.get(f"{key}{i}") or {}).get("relay_cpu_pct")) for i in (1, 2)]
         yield f"| {name} | {cells[0]} | {cells[1]} |"
-    for i, (v, e) in enumerate(zip(run["per_viewer_pct"], run["per_edge_pct"], strict=True), 1):
+    apart = run.get("per_viewer_apart_pct") or [None] * len(run["per_edge_pct"])
+    rows = zip(run["per_viewer_pct"], apart, run["per_edge_pct"], strict=True)
+    for i, (v, va, e) in enumerate(rows, 1):
         ratio = f"{e / v:.2f}" if v > 0 else "-"
-        yield (
-            f"run {i}: origin CPU per viewer {v} %, per edge {e} % of a core (edge/viewer {ratio})"
-        )
+        line = f"run {i}: origin CPU per viewer {v} % (one process)"
+        if va is not None:
+            ratio_apart = f"{e / va:.2f}" if va > 0 else "-"
+            line += f", {va} % (a process each)"
+        line += f", per edge {e} % of a core; edge/viewer {ratio}"
+        if va is not None:
+            line += f" (one process), {ratio_apart} (a process each)"
+        yield line
