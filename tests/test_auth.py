@@ -25,6 +25,7 @@ from server.http_errors import TooManyAttempts
 PASSWORD = "correct horse battery staple"
 BAD_CREDENTIALS = {"error": "bad_credentials", "detail": "wrong username or password"}
 
+
 @pytest.fixture
 async def client(store: Store, clock: FakeClock, tmp_path: Path) -> AsyncIterator[Client]:
     app = create_app(make_settings(tmp_path), store, clock=clock)

@@ -104,9 +104,12 @@ def test_link_is_sha256_of_previous_hash_and_canonical_bytes() -> None:
     body = '{"a":"北京","b":1}'.encode()
     assert link(GENESIS, fields) == hashlib.sha256(bytes(32) + body).hexdigest()
     # Pinned, so a change of the canonical form (which would break every stored chain) shows.
-    assert link(GENESIS, fields) == hashlib.sha256(
-        bytes.fromhex("00" * 32) + b'{"a":"\xe5\x8c\x97\xe4\xba\xac","b":1}'
-    ).hexdigest()
+    assert (
+        link(GENESIS, fields)
+        == hashlib.sha256(
+            bytes.fromhex("00" * 32) + b'{"a":"\xe5\x8c\x97\xe4\xba\xac","b":1}'
+        ).hexdigest()
+    )
     second = link(link(GENESIS, fields), fields)
     assert second != link(GENESIS, fields)
 
@@ -149,9 +152,11 @@ def test_edited_row(chain: list[Row]) -> None:
 
 def test_edited_time_by_one_microsecond(chain: list[Row]) -> None:
     prev, digest, fields = chain[1]
-    chain[1] = (prev, digest, {**fields, "server_time": fields["server_time"] + timedelta(
-        microseconds=1
-    )})
+    chain[1] = (
+        prev,
+        digest,
+        {**fields, "server_time": fields["server_time"] + timedelta(microseconds=1)},
+    )
     assert verify(chain) == ChainBreak(1, EDITED)
 
 

@@ -154,9 +154,18 @@ ALL_COMMANDS = list(command_paths(main))
 def test_command_tree_is_complete() -> None:
     groups = {p[0] for p in ALL_COMMANDS if p}
     assert {"db", "user", "unit", "venue", "session", "serve", "roster"} <= groups
-    assert {("db", "upgrade"), ("db", "downgrade"), ("db", "current"), ("user", "add"),
-            ("unit", "list"), ("venue", "add"), ("venue", "list"), ("session", "create"),
-            ("session", "list"), ("session", "show")} <= set(ALL_COMMANDS)
+    assert {
+        ("db", "upgrade"),
+        ("db", "downgrade"),
+        ("db", "current"),
+        ("user", "add"),
+        ("unit", "list"),
+        ("venue", "add"),
+        ("venue", "list"),
+        ("session", "create"),
+        ("session", "list"),
+        ("session", "show"),
+    } <= set(ALL_COMMANDS)
 
 
 @pytest.mark.parametrize("path", ALL_COMMANDS, ids=lambda p: " ".join(p) or "studycast")
@@ -177,8 +186,12 @@ def test_help(path: tuple[str, ...], flag: str) -> None:
 
 def test_console_script_help(tmp_path: Path) -> None:
     done = subprocess.run(
-        [str(STUDYCAST), "--help"], cwd=tmp_path, env=clean_environ(), capture_output=True,
-        text=True, timeout=60,
+        [str(STUDYCAST), "--help"],
+        cwd=tmp_path,
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.startswith("Usage: studycast [OPTIONS] COMMAND [ARGS]...\n")
@@ -190,11 +203,17 @@ def test_console_script_db_upgrade(pg_url: str, tmp_path: Path) -> None:
     """The installed script migrates a real PostgreSQL database named by the environment."""
     env = {**clean_environ(), "STUDYCAST_DATABASE_URL": pg_url}
     upgraded = subprocess.run(
-        [str(STUDYCAST), "db", "upgrade"], cwd=tmp_path, env=env, capture_output=True, text=True,
+        [str(STUDYCAST), "db", "upgrade"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=60,
     )
     assert (upgraded.returncode, upgraded.stdout, upgraded.stderr) == (
-        0, f"record store at revision {HEAD}\n", ""
+        0,
+        f"record store at revision {HEAD}\n",
+        "",
     )
     assert Cli(pg_url, tmp_path / "data").json("db", "current") == {"current": HEAD, "head": HEAD}
     assert not (tmp_path / "data").exists()  # a PostgreSQL store needs no data dir
@@ -264,14 +283,29 @@ def test_db_current_before_the_data_dir_exists(tmp_path: Path) -> None:
 
 def test_user_add(cli: Cli) -> None:
     assert cli.json(
-        "user", "add", "alice", "--role", "organiser", "--name", "张丽", "--password-stdin",
+        "user",
+        "add",
+        "alice",
+        "--role",
+        "organiser",
+        "--name",
+        "张丽",
+        "--password-stdin",
         input=PASSWORD + "\n",
     ) == {"id": 1, "username": "alice", "role": "organiser"}
     # CRLF from a Windows pipe is stripped; spaces inside the password are kept.
-    assert cli.ok(
-        "user", "add", "bob.w", "--role", "auditor", "--password-stdin",
-        input="  spaced password  \r\n",
-    ) == "added auditor bob.w\n"
+    assert (
+        cli.ok(
+            "user",
+            "add",
+            "bob.w",
+            "--role",
+            "auditor",
+            "--password-stdin",
+            input="  spaced password  \r\n",
+        )
+        == "added auditor bob.w\n"
+    )
     # Without --password-stdin the password is prompted for twice.
     prompted = cli("user", "add", "carol", "--role", "organiser", input=f"{PASSWORD}\n{PASSWORD}\n")
     assert prompted.exit_code == 0, prompted.output
@@ -295,7 +329,9 @@ def test_user_add(cli: Cli) -> None:
         return [
             (await authenticate(db, name, pw, now=now, source="test")).reason
             for name, pw in [
-                ("alice", PASSWORD), ("bob.w", "  spaced password  "), ("carol", PASSWORD),
+                ("alice", PASSWORD),
+                ("bob.w", "  spaced password  "),
+                ("carol", PASSWORD),
                 ("bob.w", "spaced password"),
             ]
         ]
@@ -307,39 +343,97 @@ def test_user_add_errors(cli: Cli) -> None:
     cli.ok("user", "add", "alice", "--role", "organiser", "--password-stdin", input=PASSWORD + "\n")
     events_before = cli.count(AdminEvent)
 
-    assert cli.fails(
-        "user", "add", "alice", "--role", "auditor", "--password-stdin",
-        input="another password\n", code=1, message="user 'alice' exists already",
-    ) == "Error: user 'alice' exists already\n"
-    cli.fails(
-        "user", "add", "dave", "--role", "organiser", "--password-stdin", input="short\n",
-        code=2, message="Invalid value for password: password must be at least 10 characters",
+    assert (
+        cli.fails(
+            "user",
+            "add",
+            "alice",
+            "--role",
+            "auditor",
+            "--password-stdin",
+            input="another password\n",
+            code=1,
+            message="user 'alice' exists already",
+        )
+        == "Error: user 'alice' exists already\n"
     )
     cli.fails(
-        "user", "add", "bad name!", "--role", "organiser", "--password-stdin",
-        input=PASSWORD + "\n", code=2,
+        "user",
+        "add",
+        "dave",
+        "--role",
+        "organiser",
+        "--password-stdin",
+        input="short\n",
+        code=2,
+        message="Invalid value for password: password must be at least 10 characters",
+    )
+    cli.fails(
+        "user",
+        "add",
+        "bad name!",
+        "--role",
+        "organiser",
+        "--password-stdin",
+        input=PASSWORD + "\n",
+        code=2,
         message="Invalid value for USERNAME: username must be 2-64 characters",
     )
     cli.fails(
-        "user", "add", "x", "--role", "organiser", "--password-stdin", input=PASSWORD + "\n",
-        code=2, message="Invalid value for USERNAME",
+        "user",
+        "add",
+        "x",
+        "--role",
+        "organiser",
+        "--password-stdin",
+        input=PASSWORD + "\n",
+        code=2,
+        message="Invalid value for USERNAME",
     )
     role = cli.fails(
-        "user", "add", "erin", "--role", "admin", "--password-stdin", input=PASSWORD + "\n",
-        code=2, message="Invalid value for '--role'",
+        "user",
+        "add",
+        "erin",
+        "--role",
+        "admin",
+        "--password-stdin",
+        input=PASSWORD + "\n",
+        code=2,
+        message="Invalid value for '--role'",
     )
     assert "'admin' is not one of 'organiser', 'venue_operator', 'auditor'" in role
     cli.fails(
-        "user", "add", "erin", "--password-stdin", input=PASSWORD + "\n",
-        code=2, message="Missing option '--role'",
+        "user",
+        "add",
+        "erin",
+        "--password-stdin",
+        input=PASSWORD + "\n",
+        code=2,
+        message="Missing option '--role'",
     )
     cli.fails(
-        "user", "add", "erin", "--role", "auditor", "--password-stdin", input="",
-        code=2, message="--password-stdin given but standard input was empty",
+        "user",
+        "add",
+        "erin",
+        "--role",
+        "auditor",
+        "--password-stdin",
+        input="",
+        code=2,
+        message="--password-stdin given but standard input was empty",
     )
     cli.fails(
-        "user", "add", "op", "--role", "venue_operator", "--venue", "nowhere",
-        "--password-stdin", input=PASSWORD + "\n", code=1, message="no venue 'nowhere'",
+        "user",
+        "add",
+        "op",
+        "--role",
+        "venue_operator",
+        "--venue",
+        "nowhere",
+        "--password-stdin",
+        input=PASSWORD + "\n",
+        code=1,
+        message="no venue 'nowhere'",
     )
 
     async def names(db: AsyncSession) -> list[str]:
@@ -351,11 +445,26 @@ def test_user_add_errors(cli: Cli) -> None:
 
 @SQLITE_ONLY
 def test_venue_operator_runs_a_venue(cli: Cli) -> None:
-    cli.ok("venue", "add", "bj-cy-2", "--name", "朝阳第2会议室", "--unit", "北京/朝阳办公区",
-           "--create-unit")
+    cli.ok(
+        "venue",
+        "add",
+        "bj-cy-2",
+        "--name",
+        "朝阳第2会议室",
+        "--unit",
+        "北京/朝阳办公区",
+        "--create-unit",
+    )
     assert cli.json(
-        "user", "add", "op-bj", "--role", "venue_operator", "--venue", "bj-cy-2",
-        "--password-stdin", input=PASSWORD + "\n",
+        "user",
+        "add",
+        "op-bj",
+        "--role",
+        "venue_operator",
+        "--venue",
+        "bj-cy-2",
+        "--password-stdin",
+        input=PASSWORD + "\n",
     ) == {"id": 1, "username": "op-bj", "role": "venue_operator"}
 
     async def venue_of(db: AsyncSession) -> int | None:
@@ -369,24 +478,44 @@ def test_venue_operator_runs_a_venue(cli: Cli) -> None:
 
 def test_venues_and_units(cli: Cli) -> None:
     out = cli.ok(
-        "venue", "add", "bj-cy-2", "--name", "朝阳第2会议室", "--unit", "北京/朝阳办公区",
-        "--capacity", "30", "--create-unit", "--json",
+        "venue",
+        "add",
+        "bj-cy-2",
+        "--name",
+        "朝阳第2会议室",
+        "--unit",
+        "北京/朝阳办公区",
+        "--capacity",
+        "30",
+        "--create-unit",
+        "--json",
     )
     assert "朝阳第2会议室" in out and "北京/朝阳办公区" in out  # UTF-8, not \u escapes
     bj = json.loads(out)
     assert bj == {
-        "id": bj["id"], "slug": "bj-cy-2", "name": "朝阳第2会议室",
-        "unit_path": "北京/朝阳办公区", "capacity": 30, "edge_url": None,
+        "id": bj["id"],
+        "slug": "bj-cy-2",
+        "name": "朝阳第2会议室",
+        "unit_path": "北京/朝阳办公区",
+        "capacity": 30,
+        "edge_url": None,
     }
-    assert cli.ok(
-        "venue", "add", "sh-1", "--name", "浦东报告厅", "--unit", "上海/", "--create-unit"
-    ) == "added venue sh-1 (浦东报告厅) under 上海\n"
+    assert (
+        cli.ok("venue", "add", "sh-1", "--name", "浦东报告厅", "--unit", "上海/", "--create-unit")
+        == "added venue sh-1 (浦东报告厅) under 上海\n"
+    )
 
     venues = cli.json("venue", "list")
     assert venues == [
         bj,
-        {"id": venues[1]["id"], "slug": "sh-1", "name": "浦东报告厅", "unit_path": "上海",
-         "capacity": None, "edge_url": None},
+        {
+            "id": venues[1]["id"],
+            "slug": "sh-1",
+            "name": "浦东报告厅",
+            "unit_path": "上海",
+            "capacity": None,
+            "edge_url": None,
+        },
     ]
 
     units = cli.json("unit", "list")
@@ -394,11 +523,13 @@ def test_venues_and_units(cli: Cli) -> None:
     assert sorted(
         (u["path"], u["name"], u["depth"], by_id.get(u["parent_id"]), u["members"], u["venues"])
         for u in units
-    ) == sorted([
-        ("北京", "北京", 1, None, 0, 0),
-        ("北京/朝阳办公区", "朝阳办公区", 2, "北京", 0, 1),
-        ("上海", "上海", 1, None, 0, 1),
-    ])
+    ) == sorted(
+        [
+            ("北京", "北京", 1, None, 0, 0),
+            ("北京/朝阳办公区", "朝阳办公区", 2, "北京", 0, 1),
+            ("上海", "上海", 1, None, 0, 1),
+        ]
+    )
     paths = [u["path"] for u in units]
     assert paths.index("北京") < paths.index("北京/朝阳办公区")  # parents before children
 
@@ -412,34 +543,92 @@ def test_venues_and_units(cli: Cli) -> None:
 
 
 def test_venue_errors_store_nothing(cli: Cli) -> None:
-    cli.ok("venue", "add", "bj-cy-2", "--name", "朝阳第2会议室", "--unit", "北京/朝阳办公区",
-           "--create-unit")
+    cli.ok(
+        "venue",
+        "add",
+        "bj-cy-2",
+        "--name",
+        "朝阳第2会议室",
+        "--unit",
+        "北京/朝阳办公区",
+        "--create-unit",
+    )
     venues, units = cli.json("venue", "list"), cli.json("unit", "list")
 
-    assert cli.fails(
-        "venue", "add", "sh-pd-1", "--name", "浦东会议室", "--unit", "上海/浦东办公区",
-        code=1, message="no unit at path '上海/浦东办公区'",
-    ) == "Error: no unit at path '上海/浦东办公区'\n"
+    assert (
+        cli.fails(
+            "venue",
+            "add",
+            "sh-pd-1",
+            "--name",
+            "浦东会议室",
+            "--unit",
+            "上海/浦东办公区",
+            code=1,
+            message="no unit at path '上海/浦东办公区'",
+        )
+        == "Error: no unit at path '上海/浦东办公区'\n"
+    )
     # The unit made by --create-unit goes away with the failed venue (one transaction).
     cli.fails(
-        "venue", "add", "bj-cy-2", "--name", "另一个", "--unit", "广州", "--create-unit",
-        code=1, message="venue 'bj-cy-2' exists already",
+        "venue",
+        "add",
+        "bj-cy-2",
+        "--name",
+        "另一个",
+        "--unit",
+        "广州",
+        "--create-unit",
+        code=1,
+        message="venue 'bj-cy-2' exists already",
     )
     cli.fails(
-        "venue", "add", "Bad_Slug", "--name", "x", "--unit", "深圳", "--create-unit",
-        code=1, message="venue slug 'Bad_Slug' must be 1-64 characters",
+        "venue",
+        "add",
+        "Bad_Slug",
+        "--name",
+        "x",
+        "--unit",
+        "深圳",
+        "--create-unit",
+        code=1,
+        message="venue slug 'Bad_Slug' must be 1-64 characters",
     )
     cli.fails(
-        "venue", "add", "gz-1", "--name", "   ", "--unit", "北京",
-        code=1, message="venue name is empty",
+        "venue",
+        "add",
+        "gz-1",
+        "--name",
+        "   ",
+        "--unit",
+        "北京",
+        code=1,
+        message="venue name is empty",
     )
     cli.fails(
-        "venue", "add", "gz-1", "--name", "x", "--unit", "北京//朝阳", "--create-unit",
-        code=1, message="has an empty segment",
+        "venue",
+        "add",
+        "gz-1",
+        "--name",
+        "x",
+        "--unit",
+        "北京//朝阳",
+        "--create-unit",
+        code=1,
+        message="has an empty segment",
     )
     cli.fails(
-        "venue", "add", "gz-1", "--name", "x", "--unit", "北京", "--capacity", "0",
-        code=2, message="Invalid value for '--capacity'",
+        "venue",
+        "add",
+        "gz-1",
+        "--name",
+        "x",
+        "--unit",
+        "北京",
+        "--capacity",
+        "0",
+        code=2,
+        message="Invalid value for '--capacity'",
     )
     cli.fails("venue", "add", "gz-1", "--unit", "北京", code=2, message="Missing option '--name'")
 
@@ -454,15 +643,24 @@ def in_utc(described: dict[str, Any]) -> dict[str, Any]:
     test_session_create_json_matches_show); compare them in UTC, as show and list give them."""
     return {
         k: datetime.fromisoformat(v).astimezone(UTC).isoformat()
-        if k in ("scheduled_start", "scheduled_end") else v
+        if k in ("scheduled_start", "scheduled_end")
+        else v
         for k, v in described.items()
     }
 
 
 @pytest.fixture
 def venues(cli: Cli) -> Cli:
-    cli.ok("venue", "add", "bj-cy-2", "--name", "朝阳第2会议室", "--unit", "北京/朝阳办公区",
-           "--create-unit")
+    cli.ok(
+        "venue",
+        "add",
+        "bj-cy-2",
+        "--name",
+        "朝阳第2会议室",
+        "--unit",
+        "北京/朝阳办公区",
+        "--create-unit",
+    )
     cli.ok("venue", "add", "sh-1", "--name", "浦东报告厅", "--unit", "上海", "--create-unit")
     return cli
 
@@ -470,11 +668,31 @@ def venues(cli: Cli) -> Cli:
 def test_sessions(venues: Cli) -> None:
     cli = venues
     created = cli.json(
-        "session", "create", "季度学习会", "--start", "2026-12-01T19:30+08:00",
-        "--duration", "120", "--venue", "bj-cy-2", "--venue", "sh-1",
-        "--unit", "北京", "--unit", "上海", "--video-codec", "vp8", "--no-recording",
-        "--min-share", "0.75", "--min-presence", "2", "--makeup-presence",
-        "--description", "安全与合规",
+        "session",
+        "create",
+        "季度学习会",
+        "--start",
+        "2026-12-01T19:30+08:00",
+        "--duration",
+        "120",
+        "--venue",
+        "bj-cy-2",
+        "--venue",
+        "sh-1",
+        "--unit",
+        "北京",
+        "--unit",
+        "上海",
+        "--video-codec",
+        "vp8",
+        "--no-recording",
+        "--min-share",
+        "0.75",
+        "--min-presence",
+        "2",
+        "--makeup-presence",
+        "--description",
+        "安全与合规",
     )
     created = in_utc(created)
     units = created.pop("expected_units")
@@ -528,14 +746,24 @@ def test_sessions(venues: Cli) -> None:
         "ended_at": None,
     }
     plain = cli.ok(
-        "session", "create", "Early", "--start", "2026-11-30T08:00:00Z",
-        "--end", "2026-11-30T09:00:00Z",
+        "session",
+        "create",
+        "Early",
+        "--start",
+        "2026-11-30T08:00:00Z",
+        "--end",
+        "2026-11-30T09:00:00Z",
     )
     early_id = weekly["id"] + 1
     first, *rest = plain.splitlines()
     assert first == f"scheduled session {early_id}: Early (2026-11-30T08:00:00+00:00)"
     assert [line.split(":")[0].strip() for line in rest] == [
-        "broadcast (OBS", "server", "bearer token", "watch (WHEP)", "url", "bearer token",
+        "broadcast (OBS",
+        "server",
+        "bearer token",
+        "watch (WHEP)",
+        "url",
+        "bearer token",
     ]
     assert rest[1].endswith(f"/whip/{early_id}") and rest[4].endswith(f"/whep/{early_id}")
     early = cli.json("session", "show", str(early_id))
@@ -546,30 +774,43 @@ def test_sessions(venues: Cli) -> None:
     assert cli.json("session", "list", "--state", "live") == []
     assert cli.json("session", "show", str(created["id"])) == created
 
-    assert cli.ok("session", "show", str(created["id"])) == "\n".join([
-        f"session {created['id']}: 季度学习会",
-        "  state:      scheduled",
-        "  scheduled:  2026-12-01 19:30 CST – 2026-12-01 21:30 CST",
-        "  video:      vp8 (audio Opus)",
-        "  recording:  off",
-        "  venues:     bj-cy-2, sh-1",
-        f"  expected:   {', '.join(units)}",
-        "  qualifies:  watched >= 75% of live time, presence checks passed >= 66% of those "
-            "given, at least 2",
-        "  make-up:    share of the recording, and its presence checks",
-        "  about:      安全与合规",
-    ]) + "\n"
-    assert cli.ok("session", "show", str(weekly["id"])) == "\n".join([
-        f"session {weekly['id']}: Weekly reading",
-        "  state:      scheduled",
-        "  scheduled:  2026-12-02 19:30 CST – 2026-12-02 21:00 CST",
-        "  video:      h264 (audio Opus)",
-        "  recording:  on",
-        "  venues:     -",
-        "  expected:   -",
-        "  qualifies:  watched >= 85% of live time, presence checks passed >= 66% of those given",
-        "  make-up:    share of the recording",
-    ]) + "\n"
+    assert (
+        cli.ok("session", "show", str(created["id"]))
+        == "\n".join(
+            [
+                f"session {created['id']}: 季度学习会",
+                "  state:      scheduled",
+                "  scheduled:  2026-12-01 19:30 CST – 2026-12-01 21:30 CST",
+                "  video:      vp8 (audio Opus)",
+                "  recording:  off",
+                "  venues:     bj-cy-2, sh-1",
+                f"  expected:   {', '.join(units)}",
+                "  qualifies:  watched >= 75% of live time, presence checks passed >= 66% of those "
+                "given, at least 2",
+                "  make-up:    share of the recording, and its presence checks",
+                "  about:      安全与合规",
+            ]
+        )
+        + "\n"
+    )
+    assert (
+        cli.ok("session", "show", str(weekly["id"]))
+        == "\n".join(
+            [
+                f"session {weekly['id']}: Weekly reading",
+                "  state:      scheduled",
+                "  scheduled:  2026-12-02 19:30 CST – 2026-12-02 21:00 CST",
+                "  video:      h264 (audio Opus)",
+                "  recording:  on",
+                "  venues:     -",
+                "  expected:   -",
+                "  qualifies:  watched >= 85% of live time,"
+                " presence checks passed >= 66% of those given",
+                "  make-up:    share of the recording",
+            ]
+        )
+        + "\n"
+    )
 
     table = cli.ok("session", "list")
     assert table.startswith("3 sessions")
@@ -585,34 +826,59 @@ def test_sessions(venues: Cli) -> None:
         return [tuple(r) for r in rows]  # type: ignore[misc]
 
     assert cli.query(trail) == [
-        ("cli", "session_created", f"session:{s}")
-        for s in (created["id"], weekly["id"], early_id)
+        ("cli", "session_created", f"session:{s}") for s in (created["id"], weekly["id"], early_id)
     ]
 
 
 BAD_SESSIONS = [
-    (["--start", "2026-12-01T19:30+08:00", "--end", "2026-12-01T18:00+08:00"], 2,
-     "scheduled_end must be after scheduled_start"),
-    (["--start", "2026-12-01T19:30+08:00", "--end", "2026-12-01T19:30+08:00"], 2,
-     "scheduled_end must be after scheduled_start"),
-    (["--start", "2026-12-01T19:30+08:00", "--end", "2026-12-03T19:30+08:00"], 2,
-     "a session may last at most 24 hours"),
+    (
+        ["--start", "2026-12-01T19:30+08:00", "--end", "2026-12-01T18:00+08:00"],
+        2,
+        "scheduled_end must be after scheduled_start",
+    ),
+    (
+        ["--start", "2026-12-01T19:30+08:00", "--end", "2026-12-01T19:30+08:00"],
+        2,
+        "scheduled_end must be after scheduled_start",
+    ),
+    (
+        ["--start", "2026-12-01T19:30+08:00", "--end", "2026-12-03T19:30+08:00"],
+        2,
+        "a session may last at most 24 hours",
+    ),
     (["--start", "2026-12-01T19:30+08:00", "--venue", "nope"], 1, "Error: no venue 'nope'\n"),
-    (["--start", "2026-12-01T19:30+08:00", "--venue", "bj-cy-2", "--venue", "nope"], 1,
-     "Error: no venue 'nope'\n"),
-    (["--start", "2026-12-01T19:30+08:00", "--unit", "广州"], 1,
-     "Error: no unit at path '广州'\n"),
-    (["--start", "2026-12-01T19:30+08:00", "--venue", "sh-1", "--venue", "sh-1"], 2,
-     "venues: lists an entry twice"),
-    (["--start", "2026-12-01T19:30", "--end", "2026-12-01T20:30", "--duration", "30"], 2,
-     "give --end or --duration, not both"),
-    (["--start", "tomorrow evening"], 2,
-     "Invalid value for '--start': 'tomorrow evening' is not a time like 2026-12-01T19:30"),
-    (["--start", "2026-12-01T19:30", "--end", "2026-13-01T19:30"], 2,
-     "Invalid value for '--end': '2026-13-01T19:30' is not a time"),
+    (
+        ["--start", "2026-12-01T19:30+08:00", "--venue", "bj-cy-2", "--venue", "nope"],
+        1,
+        "Error: no venue 'nope'\n",
+    ),
+    (["--start", "2026-12-01T19:30+08:00", "--unit", "广州"], 1, "Error: no unit at path '广州'\n"),
+    (
+        ["--start", "2026-12-01T19:30+08:00", "--venue", "sh-1", "--venue", "sh-1"],
+        2,
+        "venues: lists an entry twice",
+    ),
+    (
+        ["--start", "2026-12-01T19:30", "--end", "2026-12-01T20:30", "--duration", "30"],
+        2,
+        "give --end or --duration, not both",
+    ),
+    (
+        ["--start", "tomorrow evening"],
+        2,
+        "Invalid value for '--start': 'tomorrow evening' is not a time like 2026-12-01T19:30",
+    ),
+    (
+        ["--start", "2026-12-01T19:30", "--end", "2026-13-01T19:30"],
+        2,
+        "Invalid value for '--end': '2026-13-01T19:30' is not a time",
+    ),
     (["--end", "2026-12-01T19:30"], 2, "Missing option '--start'"),
-    (["--start", "2026-12-01T19:30", "--video-codec", "av1"], 2,
-     "Invalid value for '--video-codec'"),
+    (
+        ["--start", "2026-12-01T19:30", "--video-codec", "av1"],
+        2,
+        "Invalid value for '--video-codec'",
+    ),
     (["--start", "2026-12-01T19:30", "--min-share", "1.5"], 2, "Invalid value for '--min-share'"),
     (["--start", "2026-12-01T19:30", "--duration", "0"], 2, "Invalid value for '--duration'"),
 ]
@@ -626,8 +892,13 @@ def test_session_create_errors_store_nothing(venues: Cli) -> None:
     for args, code, message in BAD_SESSIONS:
         cli.fails("session", "create", "季度学习会", *args, code=code, message=message)
     cli.fails(
-        "session", "create", "  ", "--start", "2026-12-01T19:30+08:00",
-        code=2, message="Invalid value for TITLE: title is empty",
+        "session",
+        "create",
+        "  ",
+        "--start",
+        "2026-12-01T19:30+08:00",
+        code=2,
+        message="Invalid value for TITLE: title is empty",
     )
     assert cli.json("session", "list") == [existing]
     assert (cli.count(StudySession), cli.count(AdminEvent)) == (1, events)
@@ -643,22 +914,34 @@ def test_session_create_json_matches_show(venues: Cli) -> None:
     assert links["whip_url"] == f"http://127.0.0.1:8080/whip/{sid}"
     assert links["whep_url"] == f"http://127.0.0.1:8080/whep/{sid}"
     secret = (venues.data_dir / "secret_key").read_text().strip()
-    assert verify(secret, links["whip_token"], session_id=sid,
-                  roles=frozenset({TokenRole.BROADCASTER}), now=utcnow()).role == "broadcaster"
-    assert verify(secret, links["whep_token"], session_id=sid,
-                  roles=VIEWER_ROLES, now=utcnow()).role == "viewer"
+    assert (
+        verify(
+            secret,
+            links["whip_token"],
+            session_id=sid,
+            roles=frozenset({TokenRole.BROADCASTER}),
+            now=utcnow(),
+        ).role
+        == "broadcaster"
+    )
+    assert (
+        verify(secret, links["whep_token"], session_id=sid, roles=VIEWER_ROLES, now=utcnow()).role
+        == "viewer"
+    )
 
 
 @SQLITE_ONLY
 def test_session_show_errors(venues: Cli) -> None:
-    assert venues.fails(
-        "session", "show", "99", code=1, message="no study session 99"
-    ) == "Error: no study session 99\n"
+    assert (
+        venues.fails("session", "show", "99", code=1, message="no study session 99")
+        == "Error: no study session 99\n"
+    )
     venues.fails("session", "show", "99", "--json", code=1, message="no study session 99")
     venues.fails("session", "show", "0", code=2, message="Invalid value for 'SESSION_ID'")
     venues.fails("session", "show", "abc", code=2, message="'abc' is not a valid integer")
-    venues.fails("session", "list", "--state", "running", code=2,
-                 message="Invalid value for '--state'")
+    venues.fails(
+        "session", "list", "--state", "running", code=2, message="Invalid value for '--state'"
+    )
 
 
 # -- serve (argument checks only: running the server is tested elsewhere) -------------------
@@ -673,7 +956,8 @@ def test_serve_rejects_a_bad_port(cli: Cli) -> None:
 def test_serve_reports_invalid_configuration(cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("STUDYCAST_PUBLIC_BASE_URL", "study.example.org")
     cli.fails(
-        "serve", code=1,
+        "serve",
+        code=1,
         message="invalid configuration: STUDYCAST_PUBLIC_BASE_URL: "
         "Value error, must start with http:// or https://",
     )

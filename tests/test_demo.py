@@ -121,10 +121,13 @@ async def test_seeds_an_empty_store(store: Store, tmp_path: Path, now: datetime)
     assert [(e.actor, e.action) for e in trail] == (
         [("demo", "venue_added")] * 5 + [("demo", "user_added")] * 3 + [("demo", "session_created")]
     )
-    assert verify(
-        (e.prev_hash, e.hash, admin_event_fields(e.at, e.actor, e.action, e.target, e.detail))
-        for e in trail
-    ) is None
+    assert (
+        verify(
+            (e.prev_hash, e.hash, admin_event_fields(e.at, e.actor, e.action, e.target, e.detail))
+            for e in trail
+        )
+        is None
+    )
 
 
 async def test_logins_file_is_private_and_logins_authenticate(
@@ -182,8 +185,12 @@ async def test_second_call_without_the_logins_file(
 async def test_refuses_a_store_with_users(store: Store, tmp_path: Path, now: datetime) -> None:
     async with store.write() as db:
         await add_user(
-            db, username="alice", role=Role.ORGANISER, password="correct horse battery",
-            now=now, actor="test",
+            db,
+            username="alice",
+            role=Role.ORGANISER,
+            password="correct horse battery",
+            now=now,
+            actor="test",
         )
     before = await counts(store)
     demo = await seed_demo(store, data_dir=tmp_path, now=now)
@@ -197,8 +204,13 @@ async def test_refuses_a_store_with_members(store: Store, tmp_path: Path, now: d
         unit = await UnitTree(db, now).ensure(("杭州",))
         db.add(
             Member(
-                member_no="M1", name="张三", unit_id=unit.id, active=True, link_version=1,
-                created_at=now, updated_at=now,
+                member_no="M1",
+                name="张三",
+                unit_id=unit.id,
+                active=True,
+                link_version=1,
+                created_at=now,
+                updated_at=now,
             )
         )
     before = await counts(store)
@@ -213,7 +225,11 @@ async def test_refuses_a_store_with_only_venues(
     async with store.write() as db:
         await UnitTree(db, now).ensure(parse_unit_path("杭州/西湖办公区"))
         await add_venue(
-            db, slug="hz-xihu-1", name="西湖会议室", unit_path="杭州/西湖办公区", now=now,
+            db,
+            slug="hz-xihu-1",
+            name="西湖会议室",
+            unit_path="杭州/西湖办公区",
+            now=now,
             actor="cli",
         )
     before = await counts(store)

@@ -29,6 +29,7 @@ from server.metrics import Metrics, merge_expositions
 
 PASSWORD = "correct horse battery staple"
 
+
 @pytest.fixture
 async def app(store: Store, clock: FakeClock, tmp_path: Path) -> web.Application:
     return create_app(make_settings(tmp_path), store, clock=clock)

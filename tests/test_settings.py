@@ -110,7 +110,10 @@ def test_env_prefix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("STUDYCAST_NOT_A_SETTING", "x")  # unknown: ignored
     s = Settings()
     assert (s.host, s.port, s.data_dir, s.login_ttl_hours) == (
-        "0.0.0.0", 9000, tmp_path / "数据", 1.5
+        "0.0.0.0",
+        9000,
+        tmp_path / "数据",
+        1.5,
     )
     assert s.resolved_database_url() == f"sqlite:///{tmp_path / '数据' / 'studycast.db'}"
     # Listening on every address still gives a URL people can open.
@@ -135,7 +138,10 @@ def test_dotenv_in_cwd(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     )
     s = Settings()
     assert (s.port, s.host, s.public_base_url, s.data_dir) == (
-        9100, "10.0.0.5", "https://study.example.org", Path("store")
+        9100,
+        "10.0.0.5",
+        "https://study.example.org",
+        Path("store"),
     )
     assert s.base_url() == "https://study.example.org"
     assert s.base_url(port=1) == "https://study.example.org"

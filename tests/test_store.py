@@ -136,7 +136,10 @@ def test_normalise_url_accepts(raw: str, driver: str, database: str, host: str |
 def test_normalise_url_keeps_credentials_and_port() -> None:
     url = normalise_url("postgresql://alice:s3cr%40t@db.example:5433/studycast?sslmode=require")
     assert (url.username, url.password, url.port, dict(url.query)) == (
-        "alice", "s3cr@t", 5433, {"sslmode": "require"}
+        "alice",
+        "s3cr@t",
+        5433,
+        {"sslmode": "require"},
     )
 
 
@@ -169,7 +172,11 @@ async def test_writer_pragmas(sqlite_store: Store) -> None:
         got = {
             name: (await db.execute(text(f"PRAGMA {name}"))).scalar()
             for name in (
-                "journal_mode", "busy_timeout", "foreign_keys", "synchronous", "query_only"
+                "journal_mode",
+                "busy_timeout",
+                "foreign_keys",
+                "synchronous",
+                "query_only",
             )
         }
     assert got == {
@@ -315,14 +322,16 @@ async def test_failing_write_leaves_nothing(store: Store, now: datetime) -> None
     assert (await count(store, AttendanceEvent), await count(store, OrgUnit)) == (0, 0)
 
 
-async def test_database_error_rolls_back_the_whole_transaction(
-    store: Store, now: datetime
-) -> None:
+async def test_database_error_rolls_back_the_whole_transaction(store: Store, now: datetime) -> None:
     session_id = await new_session(store, now)
     bad = [
         NewAttendanceEvent(
-            session_id=session_id, event_uuid=uuid.UUID(int=100), kind="check_in",
-            source="member:x", client_time=now, member_id=424242,  # no such member
+            session_id=session_id,
+            event_uuid=uuid.UUID(int=100),
+            kind="check_in",
+            source="member:x",
+            client_time=now,
+            member_id=424242,  # no such member
         )
     ]
     with pytest.raises(Conflict, match="referenced record is missing"):
@@ -384,7 +393,11 @@ async def test_append_is_idempotent(store: Store, now: datetime) -> None:
         assert await count_attendance_events(db, s2) == 1
     rows = await assert_chain_holds(store)
     assert [(r.session_id, r.event_uuid.int) for r in rows] == [
-        (s1, 1), (s1, 2), (s1, 3), (s1, 4), (s2, 1)
+        (s1, 1),
+        (s1, 2),
+        (s1, 3),
+        (s1, 4),
+        (s2, 1),
     ]
 
 
