@@ -150,19 +150,24 @@ def _socket_inodes(pid: int) -> set[int]:
     return inodes
 
 
-def udp_drops(pids: list[int]) -> int:
-    """Datagrams the kernel dropped (full receive buffer) on the UDP sockets of ``pids``."""
+def udp_rows(pids: list[int]) -> list[list[str]]:
+    """The ``/proc/net/udp`` (and udp6) rows of the UDP sockets of ``pids``, split in fields."""
     owned: set[int] = set()
     for pid in pids:
         owned |= _socket_inodes(pid)
-    drops = 0
+    rows = []
     for table in ("/proc/net/udp", "/proc/net/udp6"):
         with contextlib.suppress(FileNotFoundError):
             for line in Path(table).read_text().splitlines()[1:]:
                 parts = line.split()
                 if len(parts) >= 13 and int(parts[9]) in owned:
-                    drops += int(parts[12])
-    return drops
+                    rows.append(parts)
+    return rows
+
+
+def udp_drops(pids: list[int]) -> int:
+    """Datagrams the kernel dropped (full receive buffer) on the UDP sockets of ``pids``."""
+    return sum(int(parts[12]) for parts in udp_rows(pids))
 
 
 def udp_errors() -> dict[str, int]:

@@ -11,10 +11,12 @@ what an edge costs its origin against what a viewer costs it.
    ``--misses`` (1) + 1 failed steps in a row (a step failing alone is measured again by the
    next, larger one, unless that one's viewers got over 105 % of the frame rate: a saturated
    relay draining its backlog; the host's speed moves within seconds here), and capacity(W) is
-   the largest served step before that. A viewer's frame rate is its frames over the time
-   between the two readings of its count, each timed at the middle of the read
-   (``scale_load.py``). Beside each step: the publisher's own frame rate in the window and each
-   relay process's event-loop stalls (its ``/metrics``), so a failed step says whether the
+   the largest served step before that. A second capacity, *keeping up*, also fails a step
+   that ends with the relay over a second behind live on a socket (``scale_rules``: its deepest
+   UDP receive queue, printed per step as the relay backlog). A viewer's frame rate is its
+   frames over the time between the two readings of its count, each timed at the middle of the
+   read (``scale_load.py``). Beside each step: the publisher's own frame rate in the window and
+   each relay process's event-loop stalls (its ``/metrics``), so a failed step says whether the
    source, a stalled relay process or a relay out of CPU failed it. Every load viewer POSTs over
    its own TCP connection, so ``SO_REUSEPORT`` spreads them over the workers; the spread is read
    from ``GET /api/nodes`` (the demo organiser's login) and printed.
@@ -96,6 +98,7 @@ from bench_relay import (  # noqa: E402 (after the path set-up)
 from core_scaling import core_scaling, describe  # noqa: E402
 from scale_load import LoadPlan, LoadProcesses  # noqa: E402
 from scale_report import capacity_summary, capacity_table, edge_summary, fmt  # noqa: E402
+from scale_rules import GOOD_FPS_SHARE, capacity, failing, one_miss  # noqa: E402
 from scale_sample import (  # noqa: E402
     lag_window,
     metrics_urls,
@@ -108,8 +111,6 @@ from scale_server import STARTUP_TIMEOUT_S, Organiser, Server, fresh_database, s
 
 from client import netfilter_tally  # noqa: E402 (after the path set-up)
 
-GOOD_FPS_SHARE = 0.95  # a viewer is served at >= 95 % of the published frame rate
-DRAIN_SHARE = 1.05  # above this after a failed step: a backlog drained, not a relay keeping up
 SETTLE_S = 1.5  # after a step's joins, before its window opens
 EDGE_SETTLE_S = 6.0  # an edge connects upstream on its first viewer
 MAX_JOIN_RATE = 15.0  # viewers per second per step, over all load processes
@@ -211,7 +212,8 @@ async def capacity_run(
                     f"{row['relay_cpu_pct']} % ({row['relay_ms_per_viewer_s']} ms/viewer-s), "
                     f"load {row['load_cpu_pct']} % ({row['load_ms_per_viewer_s']} ms/viewer-s), "
                     f"machine {row['machine_busy_pct']} %, drops relay/load "
-                    f"{row['udp_drops_relay']}/{row['udp_drops_load']}"
+                    f"{row['udp_drops_relay']}/{row['udp_drops_load']}, relay backlog "
+                    f"{row['relay_backlog_kb'][-1]} KB"
                     + f", published {fmt(row['published_fps'])} fps, loop lag "
                     + lag_text(row["loop_lag"])
                     + f", counts read in {row['read_s']} s"
@@ -230,50 +232,14 @@ async def capacity_run(
             publisher.stop()
             server.stop()
             await organiser.close()
-    ended = run_end(result["steps"], args.misses)
-    kept = list(zip(result["steps"][:ended], failing(result["steps"]), strict=False))
-    passing = [r for r, bad in kept if not bad]
-    best = passing[-1] if passing else None
-    result["capacity"] = best["viewers"] if best else 0
-    result["capacity_is_lower_bound"] = ended == len(result["steps"])
-    result["missed_alone"] = [r["viewers"] for r, bad in kept if bad]
-    result["at_capacity"] = best
+    by_rate = capacity(result["steps"], args.misses, keeping_up=False)
+    result["capacity"] = by_rate["viewers"]
+    result["capacity_is_lower_bound"] = by_rate["is_lower_bound"]
+    result["missed_alone"] = by_rate["missed_alone"]
+    result["at_capacity"] = by_rate["at"]
+    result["keeping_up"] = capacity(result["steps"], args.misses, keeping_up=True)
     result["wall_s"] = round(time.monotonic() - started, 1)
     return result
-
-
-def failing(steps: list[dict[str, Any]]) -> list[bool]:
-    """Per step, whether it counts as failed. A step served right after a failed one does not
-    count if its viewers got more than ``DRAIN_SHARE`` of the frame rate: that is a saturated
-    relay draining the backlog of the failed window into this one, not one keeping up."""
-    out: list[bool] = []
-    for row in steps:
-        median = row.get("fps_median") or 0.0
-        draining = bool(out) and out[-1] and median > DRAIN_SHARE * FPS
-        out.append(not row["served"] or draining)
-    return out
-
-
-def one_miss(steps: list[dict[str, Any]], misses: int) -> bool:
-    """Whether the run goes on after its last step: up to ``misses`` failed steps in a row are
-    measured again at the next step (a transient, if that one is served)."""
-    failed = 0
-    for bad in reversed(failing(steps)):
-        if not bad:
-            break
-        failed += 1
-    return failed <= misses
-
-
-def run_end(steps: list[dict[str, Any]], misses: int) -> int:
-    """The index of the first of ``misses + 1`` failed steps in a row (len(steps) if none):
-    capacity is the largest served step before it."""
-    failed = 0
-    for i, bad in enumerate(failing(steps)):
-        failed = failed + 1 if bad else 0
-        if failed > misses:
-            return i - misses
-    return len(steps)
 
 
 def published_fps(p0: dict[str, Any] | None, p1: dict[str, Any] | None) -> float | None:
@@ -609,7 +575,10 @@ def main() -> None:
     elif edges:
         print(f"edges: FAILED: {edges['failed']}")
     summary = {
-        "capacity": {str(r["workers"]): r.get("capacity") for r in out["capacity"]},
+        "capacity": [(r["workers"], r.get("capacity")) for r in out["capacity"]],
+        "capacity_keeping_up": [
+            (r["workers"], (r.get("keeping_up") or {}).get("viewers")) for r in out["capacity"]
+        ],
         "edges": None
         if not edges or edges.get("failed")
         else {

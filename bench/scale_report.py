@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from scale_rules import BEHIND_KB, behind
+
 TARGET_RATIO = 1.7
 
 
@@ -30,6 +32,7 @@ def capacity_table(runs: list[dict[str, Any]]) -> Iterator[str]:
         "publisher %",
         "machine % of 200",
         "UDP drops relay / load",
+        "relay backlog KB (start / end)",
         "published fps",
         "loop stalls >= 0.1 s (worst <=, s) per process",
     ]
@@ -38,6 +41,8 @@ def capacity_table(runs: list[dict[str, Any]]) -> Iterator[str]:
     for run in runs:
         for r in run["steps"]:
             mark = "" if r["served"] else " ✗"
+            backlog = r.get("relay_backlog_kb") or ["-", "-"]
+            late = " ⏳" if behind(r) else ""
             by_pid = ", ".join(map(str, r["relay_cpu_pct_by_pid"].values()))
             yield (
                 f"| {run['workers']} | {r['viewers']} | {r['served_viewers']} "
@@ -46,6 +51,7 @@ def capacity_table(runs: list[dict[str, Any]]) -> Iterator[str]:
                 f" | {fmt(r['relay_ms_per_viewer_s'])} | {r['load_cpu_pct']} | "
                 f"{fmt(r['load_ms_per_viewer_s'])} | {r['publisher_cpu_pct']} | "
                 f"{r['machine_busy_pct']} | {r['udp_drops_relay']} / {r['udp_drops_load']} | "
+                f"{backlog[0]} / {backlog[-1]}{late} | "
                 f"{fmt(r.get('published_fps'))} | {lags(r.get('loop_lag'))} |"
             )
 
@@ -70,7 +76,11 @@ def capacity_summary(runs: list[dict[str, Any]]) -> Iterator[str]:
                 pairs.append((before[-1], run))
     for n, (one, two) in enumerate(pairs, 1):
         c1, c2 = one["capacity"], two["capacity"]
-        yield f"pair {n}: capacity(2) / capacity(1) = {c2}/{c1} = {c2 / c1:.2f}x"
+        line = f"pair {n}: capacity(2) / capacity(1) = {c2}/{c1} = {c2 / c1:.2f}x"
+        k1, k2 = (r.get("keeping_up", {}).get("viewers") for r in (one, two))
+        if k1 and k2:
+            line += f"; keeping up (backlog <= {BEHIND_KB} KB): {k2}/{k1} = {k2 / k1:.2f}x"
+        yield line
     if ones and twos and sum(r["capacity"] for r in ones):
         c1 = sum(r["capacity"] for r in ones) / len(ones)
         c2 = sum(r["capacity"] for r in twos) / len(twos)
@@ -80,6 +90,15 @@ def capacity_summary(runs: list[dict[str, Any]]) -> Iterator[str]:
             f"{label} = {c2:g}/{c1:g} = {ratio:.2f}x (target >= {TARGET_RATIO}x: "
             f"{'met' if ratio >= TARGET_RATIO else 'NOT met'})"
         )
+        kept = [(r.get("keeping_up") or {}).get("viewers") or 0 for r in (*ones, *twos)]
+        if all(kept):
+            k1 = sum(kept[: len(ones)]) / len(ones)
+            k2 = sum(kept[len(ones) :]) / len(twos)
+            yield (
+                f"keeping up (no step ending over {BEHIND_KB} KB behind): "
+                f"{k2:g}/{k1:g} = {k2 / k1:.2f}x (target >= {TARGET_RATIO}x: "
+                f"{'met' if k2 / k1 >= TARGET_RATIO else 'NOT met'})"
+            )
         v1 = per_core(ones)
         v2 = per_core(twos)
         if v1 and v2:
@@ -105,6 +124,9 @@ def capacity_line(run: dict[str, Any]) -> str:
     )
     if run.get("missed_alone"):
         bound += f"; failed alone, the next step served: {run['missed_alone']}"
+    keeping = run.get("keeping_up") or {}
+    if keeping:
+        bound += f"; keeping up: {keeping['viewers']}"
     return (
         f"capacity(workers {run['workers']}) = {run['capacity']} viewers{bound}; at it: relay "
         f"{fmt(best.get('relay_cpu_pct'))} % of a core = "

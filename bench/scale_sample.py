@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_relay import cpu_seconds, loadavg, machine_ticks, udp_drops
+from bench_relay import cpu_seconds, loadavg, machine_ticks, udp_drops, udp_rows
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.workers import PLAN_ENV, WorkerPlan
@@ -100,6 +100,7 @@ class Sample:
     machine: tuple[int, int]
     relay_drops: int = 0
     load_drops: int = 0
+    relay_backlog: int = 0
     extra: dict[int, float] = field(default_factory=dict)
     everyone: dict[int, tuple[str, float]] = field(default_factory=dict)
     known: set[int] = field(default_factory=set)
@@ -121,12 +122,20 @@ def take_sample(
         publisher=(cpu_seconds(publisher_pid) or 0.0) if publisher_pid else 0.0,
         machine=machine_ticks(),
         relay_drops=udp_drops(relay_pids) if drops else 0,
+        relay_backlog=udp_backlog(relay_pids) if drops else 0,
         load_drops=udp_drops(load_pids) if drops else 0,
         extra=tree_cpu(list(extra_pids)),
         everyone=all_cpu(),
         known={*relay_pids, *load_pids, *extra_pids, os.getpid()}
         | ({publisher_pid} if publisher_pid else set()),
     )
+
+
+def udp_backlog(pids: list[int]) -> int:
+    """The deepest receive queue, in bytes of kernel memory, of the UDP sockets of ``pids``
+    (``/proc/net/udp`` rx_queue): a relay that keeps up reads its broadcaster's (or its
+    upstream's) socket as packets come; one that falls behind leaves them queued there."""
+    return max((int(parts[4].split(":")[1], 16) for parts in udp_rows(pids)), default=0)
 
 
 def window(s0: Sample, s1: Sample) -> dict[str, Any]:
@@ -148,6 +157,7 @@ def window(s0: Sample, s1: Sample) -> dict[str, Any]:
         "machine_busy_pct": round(100 * (os.cpu_count() or 1) * busy / total, 1) if total else None,
         "udp_drops_relay": s1.relay_drops - s0.relay_drops,
         "udp_drops_load": s1.load_drops - s0.load_drops,
+        "relay_backlog_kb": [round(s0.relay_backlog / 1024), round(s1.relay_backlog / 1024)],
         "others_top": others_top(s0, s1, seconds),
     }
 

@@ -1,0 +1,79 @@
+"""How the scale benchmark judges its capacity steps (``bench/scale_rules.py``), and the relay
+backlog it reads off a real socket (``bench/scale_sample.udp_backlog``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from scale_rules import BEHIND_KB, capacity, failing
+from scale_sample import udp_backlog
+
+
+def step(viewers: int, served: bool, fps: float = 30.0, backlog_kb: int = 2) -> dict[str, Any]:
+    return {
+        "viewers": viewers,
+        "served": served,
+        "fps_median": fps,
+        "relay_backlog_kb": [0, backlog_kb],
+    }
+
+
+def test_a_step_failing_alone_is_measured_again_by_the_next() -> None:
+    steps = [
+        step(150, True),
+        step(180, False, 27.0),  # alone: the next one is served
+        step(210, True),
+        step(240, False, 26.0),
+        step(270, False, 20.0),  # two in a row: the run ends at 240
+        step(300, True),
+    ]
+    got = capacity(steps, 1, keeping_up=False)
+    assert (got["viewers"], got["missed_alone"], got["is_lower_bound"]) == (210, [180], False)
+    assert got["at"] is steps[2]
+
+
+def test_a_drained_backlog_after_a_failed_step_is_no_recovery() -> None:
+    steps = [step(150, True), step(180, False, 25.0), step(210, True, 32.5), step(240, True)]
+    assert failing(steps) == [False, True, True, False]
+    assert capacity(steps, 1, keeping_up=False)["viewers"] == 150
+
+
+def test_keeping_up_also_fails_a_step_that_ends_behind_live() -> None:
+    late = BEHIND_KB + 1
+    steps = [
+        step(150, True),
+        step(180, True, backlog_kb=late),
+        step(210, True, backlog_kb=late),
+        step(240, True),
+    ]
+    assert capacity(steps, 1, keeping_up=False)["viewers"] == 240
+    behind = capacity(steps, 1, keeping_up=True)
+    assert (behind["viewers"], behind["is_lower_bound"]) == (150, False)
+    # At the limit is not behind; no step at all is a capacity of 0.
+    assert capacity([step(150, True, backlog_kb=BEHIND_KB)], 1, keeping_up=True)["viewers"] == 150
+    assert capacity([], 1, keeping_up=True)["viewers"] == 0
+
+
+def test_the_backlog_is_what_waits_unread_on_a_process_socket() -> None:
+    reader = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    writer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        reader.bind(("127.0.0.1", 0))
+        before = udp_backlog([os.getpid()])
+        for _ in range(100):
+            writer.sendto(b"x" * 1100, reader.getsockname())
+        queued = udp_backlog([os.getpid()])
+        assert queued >= before + 100 * 1100  # kernel memory: at least the payloads
+        reader.setblocking(False)
+        for _ in range(100):
+            reader.recv(2048)
+        assert udp_backlog([os.getpid()]) <= before
+    finally:
+        reader.close()
+        writer.close()
