@@ -66,12 +66,12 @@ def test_the_backlog_is_what_waits_unread_on_a_process_socket() -> None:
     try:
         reader.bind(("127.0.0.1", 0))
         before = udp_backlog([os.getpid()])
-        for _ in range(100):
+        for _ in range(40):  # well inside the default receive buffer (208 KB)
             writer.sendto(b"x" * 1100, reader.getsockname())
         queued = udp_backlog([os.getpid()])
-        assert queued >= before + 100 * 1100  # kernel memory: at least the payloads
+        assert queued >= before + 40 * 1100  # kernel memory: at least the payloads
         reader.setblocking(False)
-        for _ in range(100):
+        for _ in range(40):
             reader.recv(2048)
         assert udp_backlog([os.getpid()]) <= before
     finally:
