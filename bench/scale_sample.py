@@ -115,14 +115,15 @@ def take_sample(
     drops: bool = True,
 ) -> Sample:
     t = time.monotonic()
+    relay_rows = udp_rows(relay_pids) if drops else []
     return Sample(
         t=t,
         relay=tree_cpu(relay_pids),
         load=sum(tree_cpu(load_pids).values()),
         publisher=(cpu_seconds(publisher_pid) or 0.0) if publisher_pid else 0.0,
         machine=machine_ticks(),
-        relay_drops=udp_drops(relay_pids) if drops else 0,
-        relay_backlog=udp_backlog(relay_pids) if drops else 0,
+        relay_drops=sum(int(parts[12]) for parts in relay_rows),
+        relay_backlog=deepest_queue(relay_rows),
         load_drops=udp_drops(load_pids) if drops else 0,
         extra=tree_cpu(list(extra_pids)),
         everyone=all_cpu(),
@@ -135,7 +136,12 @@ def udp_backlog(pids: list[int]) -> int:
     """The deepest receive queue, in bytes of kernel memory, of the UDP sockets of ``pids``
     (``/proc/net/udp`` rx_queue): a relay that keeps up reads its broadcaster's (or its
     upstream's) socket as packets come; one that falls behind leaves them queued there."""
-    return max((int(parts[4].split(":")[1], 16) for parts in udp_rows(pids)), default=0)
+    return deepest_queue(udp_rows(pids))
+
+
+def deepest_queue(rows: list[list[str]]) -> int:
+    """The largest rx_queue (bytes) among ``/proc/net/udp`` rows."""
+    return max((int(parts[4].split(":")[1], 16) for parts in rows), default=0)
 
 
 def window(s0: Sample, s1: Sample) -> dict[str, Any]:
