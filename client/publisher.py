@@ -76,12 +76,39 @@ class AiortcChanged(RuntimeError):
 # --- the track ------------------------------------------------------------------------------
 
 
+class Schedule:
+    """When media time zero is on the monotonic clock. A publication's tracks share one, as a
+    camera and its microphone share one clock: they start together and stay in step.
+
+    A consumer more than ``max_lag`` seconds late moves the schedule instead of bursting to catch
+    up (``math.inf``: never moves, bursts like a capture device whose frames queued meanwhile).
+    """
+
+    def __init__(
+        self, max_lag: float = DEFAULT_MAX_LAG, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.start: float | None = None
+        self.max_lag = max_lag
+        self.clock = clock
+
+    def wait(self, media_time: float) -> float:
+        """Seconds until ``media_time`` is due (0: now, or late)."""
+        now = self.clock()
+        if self.start is None:
+            self.start = now - media_time
+        due = self.start + media_time
+        if now - due > self.max_lag:
+            self.start = now - media_time  # stalled consumer: no catch-up burst
+            return 0.0
+        return max(0.0, due - now)
+
+
 class PacedPacketTrack(MediaStreamTrack):
     """Packets of one kind from an ``EncodedClip``, released in real time, looping if asked.
 
-    Each packet is due at ``start + media time before it`` on the monotonic clock; ``recv`` sleeps
-    until then. If the consumer falls more than ``max_lag`` seconds behind, the schedule moves
-    instead of bursting to catch up. Timestamps grow across loops and keyframe jumps.
+    Each packet is due at the ``schedule``'s start plus the media time before it; ``recv`` sleeps
+    until then (a track without a shared schedule gets its own). Timestamps grow across loops and
+    keyframe jumps.
     """
 
     def __init__(
@@ -92,6 +119,7 @@ class PacedPacketTrack(MediaStreamTrack):
         *,
         max_lag: float = DEFAULT_MAX_LAG,
         clock: Callable[[], float] = time.monotonic,
+        schedule: Schedule | None = None,
     ) -> None:
         super().__init__()
         self.kind = kind
@@ -102,9 +130,8 @@ class PacedPacketTrack(MediaStreamTrack):
         self._rate = CLOCK_RATES[kind]
         self._time_base = fractions.Fraction(1, self._rate)
         self._looping = loop
-        self._max_lag = max_lag
-        self._clock = clock
-        self._start: float | None = None
+        self._schedule = schedule or Schedule(max_lag, clock)
+        self.started_at: float | None = None  # when the first packet went (schedule's clock)
         self._media_time = 0.0
         self._next = 0
         self._jump_pending = False
@@ -127,16 +154,13 @@ class PacedPacketTrack(MediaStreamTrack):
     async def recv(self) -> av.Packet[Any]:
         if self.readyState != "live":
             raise MediaStreamError
-        now = self._clock()
-        if self._start is None:
-            self._start = now
-        due = self._start + self._media_time
-        if now - due > self._max_lag:
-            self._start = now - self._media_time  # stalled consumer: no catch-up burst
-        elif due > now:
-            await asyncio.sleep(due - now)
+        wait = self._schedule.wait(self._media_time)
+        if wait > 0:
+            await asyncio.sleep(wait)
             if self.readyState != "live":
                 raise MediaStreamError
+        if self.started_at is None:
+            self.started_at = self._schedule.clock()
         if self._jump_pending:
             self._jump_pending = False
             self._jump_to_keyframe()
@@ -380,18 +404,21 @@ async def publish(
     http: aiohttp.ClientSession | None = None,
     loop: bool = True,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    max_lag: float = DEFAULT_MAX_LAG,
 ) -> Publication:
     """Start publishing ``clip`` to a WHIP endpoint; returns once the answer is applied.
 
     The offer is sent complete (aiortc gathers every candidate in ``setLocalDescription``), so no
-    trickle PATCH is needed. With ``seconds`` the publication ends itself after that long.
+    trickle PATCH is needed. With ``seconds`` the publication ends itself after that long. Audio
+    and video share one ``Schedule(max_lag)``.
     """
     owns_http = http is None
     session = aiohttp.ClientSession() if http is None else http
     pc = RTCPeerConnection(configuration=rtc_configuration())
     try:
-        audio = PacedPacketTrack("audio", clip, loop)
-        video = PacedPacketTrack("video", clip, loop)
+        schedule = Schedule(max_lag)
+        audio = PacedPacketTrack("audio", clip, loop, schedule=schedule)
+        video = PacedPacketTrack("video", clip, loop, schedule=schedule)
         audio_tx = pc.addTransceiver(audio, direction="sendonly")
         audio_tx.setCodecPreferences(audio_codec_preferences())
         video_tx = pc.addTransceiver(video, direction="sendonly")

@@ -25,6 +25,7 @@ from attendance.store import Store
 from recordings import catalogue
 from recordings.assembly import Frame, TrackAssembler
 from recordings.events import RecordingEvent, SegmentClosed, SegmentOpened
+from recordings.lipsync import LipSync, Placement
 from recordings.remux import RemuxError, SegmentFile, container_for, file_digest
 from server.relay.fanout import SessionRelay
 from server.relay.packet import SourcePacket
@@ -46,7 +47,8 @@ class SegmentWriter:
 
     ``offer`` and ``finish`` never block. The file starts at the first video keyframe (video
     before it is dropped, audio from the same moment on); pts are the RTP timestamps since then,
-    audio placed by its arrival time relative to that keyframe.
+    the audio placed against the video by arrival (``recordings.lipsync``), so its first second
+    is held before it is written.
     """
 
     def __init__(
@@ -87,7 +89,9 @@ class SegmentWriter:
         self._opened: SegmentOpened | None = None
         self._start_at = 0.0
         self._video_origin = 0
-        self._audio_origin: tuple[int, int] | None = None
+        self._sync: LipSync | None = None
+        self._placement: Placement | None = None
+        self._held_audio: list[Frame] = []
         self._waiting_keyframe = True
         self._asked_at: float | None = None
         self.dropped_frames = 0
@@ -134,6 +138,8 @@ class SegmentWriter:
             for assembler in self._assemblers.values():
                 for frame in assembler.flush():
                     self._frame(frame)
+            if self._placement is None:
+                self._place_audio()
         except Exception:
             log.exception("session %s: recording failed", self.session_id)
         finally:
@@ -167,15 +173,39 @@ class SegmentWriter:
         pts = frame.timestamp - self._video_origin
         if pts >= 0:
             self._file.write_video(frame.data, pts, frame.keyframe)
+            assert self._sync is not None
+            self._sync.video(frame.timestamp, frame.arrived_at)
 
     def _audio(self, frame: Frame) -> None:
-        if self._file is None or frame.arrived_at < self._start_at:
+        if self._file is None or self._sync is None or frame.arrived_at < self._start_at:
             return
-        if self._audio_origin is None:
-            offset = round((frame.arrived_at - self._start_at) * 48_000)
-            self._audio_origin = (frame.timestamp, offset)
-        ts0, offset = self._audio_origin
-        self._file.write_audio(frame.data, offset + frame.timestamp - ts0)
+        if self._placement is None:
+            self._sync.audio(frame.timestamp, frame.arrived_at)
+            self._held_audio.append(frame)
+            if self._sync.settled:
+                self._place_audio()
+        else:
+            self._write_audio(frame, self._placement)
+
+    def _place_audio(self) -> None:
+        placement = None if self._sync is None else self._sync.place()
+        if placement is None:
+            return
+        self._placement = placement
+        log.info(
+            "session %s: audio placed %+.3f s from the segment start",
+            self.session_id,
+            placement.pts / 48_000,
+        )
+        held, self._held_audio = self._held_audio, []
+        for frame in held:
+            self._write_audio(frame, placement)
+
+    def _write_audio(self, frame: Frame, placement: Placement) -> None:
+        assert self._file is not None
+        pts = placement.pts_of(frame.timestamp)
+        if pts >= 0:  # none from before the first picture
+            self._file.write_audio(frame.data, pts)
 
     def _want_keyframe(self, now: float) -> None:
         if self._asked_at is None or now - self._asked_at >= KEYFRAME_ASK_INTERVAL_S:
@@ -194,6 +224,7 @@ class SegmentWriter:
             return False
         self._start_at = keyframe.arrived_at
         self._video_origin = keyframe.timestamp
+        self._sync = LipSync(keyframe.timestamp, keyframe.arrived_at)
         self._opened = SegmentOpened(
             session_id=self.session_id,
             segment_index=index,

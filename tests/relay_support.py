@@ -367,12 +367,14 @@ class Stage:
         sid = self.session_id if session_id is None else session_id
         return token(sid, role, self.now, **kwargs)
 
-    async def publish(self, clip: EncodedClip | None = None) -> Publication:
+    async def publish(self, clip: EncodedClip | None = None, **options: Any) -> Publication:
+        """Publish ``clip`` (the session codec's shared clip); ``options`` go to ``publish``."""
         publication = await publish(
             self.url(f"/whip/{self.session_id}"),
             self.token(TokenRole.BROADCASTER),
             clip or shared_clip(self.codec),
             http=self.http,
+            **options,
         )
         self.publications.append(publication)
         return publication
