@@ -250,11 +250,18 @@ def published_fps(p0: dict[str, Any] | None, p1: dict[str, Any] | None) -> float
 
 
 def lag_text(lags: dict[str, dict[str, Any]]) -> str:
-    """Per relay process: stalls (>= 0.1 s) and the bound of its worst lag in the window."""
+    """Per relay process: stalls (>= 0.1 s) and the bound of its worst lag in the window, and
+    the viewers it refused or closed for being behind live, if any."""
     if not lags:
         return "-"
+
+    def behind(v: dict[str, Any]) -> str:
+        if not (v.get("refused") or v.get("shed")):
+            return ""
+        return f", behind: {v['refused']} refused, {v['shed']} shed"
+
     return ", ".join(
-        f"{v['stalls']} stalls (worst <= {fmt(v['worst_le'])} s)" for v in lags.values()
+        f"{v['stalls']} stalls (worst <= {fmt(v['worst_le'])} s){behind(v)}" for v in lags.values()
     )
 
 

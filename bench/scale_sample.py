@@ -27,6 +27,8 @@ from server.workers import PLAN_ENV, WorkerPlan
 TICK = os.sysconf("SC_CLK_TCK")
 LAG = "studycast_event_loop_lag_seconds"
 STALLS = "studycast_event_loop_stalls"
+REFUSED = "studycast_relay_viewers_refused_behind"
+SHED = "studycast_relay_viewers_shed"
 
 
 # --- processes and /proc ----------------------------------------------------------------------
@@ -202,24 +204,27 @@ def metrics_urls(pids: list[int], public_url: str) -> dict[int, str]:
 
 @dataclass
 class Lag:
-    """One relay process's loop-lag histogram: cumulative counts by bucket bound, and stalls."""
+    """One relay process's loop-lag histogram: cumulative counts by bucket bound, stalls, and
+    the viewers it refused or closed because a source was behind live (``overload``)."""
 
     buckets: dict[float, float]
     stalls: float
+    refused: float = 0.0
+    shed: float = 0.0
 
 
 def parse_lag(text: str) -> Lag:
     buckets: dict[float, float] = {}
-    stalls = 0.0
+    totals = {STALLS: 0.0, REFUSED: 0.0, SHED: 0.0}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name == LAG + "_bucket":
                 buckets[float(sample.labels["le"])] = sample.value
-            elif sample.name == STALLS + "_total":
-                stalls = sample.value
+            elif sample.name.removesuffix("_total") in totals:
+                totals[sample.name.removesuffix("_total")] += sample.value
     if not buckets:
         raise ValueError(f"no {LAG} histogram in the metrics")
-    return Lag(buckets, stalls)
+    return Lag(buckets, totals[STALLS], totals[REFUSED], totals[SHED])
 
 
 async def read_lags(http: aiohttp.ClientSession, urls: dict[int, str]) -> dict[int, Lag]:
@@ -250,6 +255,8 @@ def lag_window(l0: dict[int, Lag], l1: dict[int, Lag]) -> dict[str, dict[str, An
         out[str(pid)] = {
             "ticks": int(ticks),
             "stalls": int(b.stalls - a.stalls),
+            "refused": int(b.refused - a.refused),
+            "shed": int(b.shed - a.shed),
             "worst_le": holding[0] if ticks and holding else None,
         }
     return out

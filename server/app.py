@@ -121,6 +121,7 @@ def create_app(
 
     app[RELAY] = Relay(
         max_viewers=settings.max_viewers,
+        behind_bytes=settings.behind_kb * 1024,
         on_state=on_state,
         resource_prefix=worker.prefix if worker is not None else "",
     )

@@ -127,6 +127,16 @@ class RelayCollector(Collector):
                 "plis_upstream",
                 "Keyframe requests to broadcasters.",
             ),
+            (
+                "studycast_relay_viewers_shed",
+                "viewers_shed",
+                "Viewers closed because a session's source fell behind live on this node.",
+            ),
+            (
+                "studycast_relay_viewers_refused_behind",
+                "viewers_refused_behind",
+                "Viewers refused (503) while a session's source was behind live on this node.",
+            ),
         ):
             yield CounterMetricFamily(name, text, value=t[key])
 

@@ -43,6 +43,14 @@ class Settings(BaseSettings):
     max_viewers: int = Field(
         500, ge=1, le=100_000, description="viewers per node, over all sessions"
     )
+    behind_kb: int = Field(
+        256,
+        ge=0,
+        le=1_000_000,
+        description="a session whose source has more than this many KB queued unread on a node "
+        "is behind live there: the node refuses new viewers (503), and at 4 times it for 2 s "
+        "closes its newest viewers; 0: never",
+    )
     login_ttl_hours: float = Field(12.0, gt=0, le=24 * 30)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body accepted")
     evidence_interval_s: float = Field(

@@ -43,6 +43,8 @@ EDGE_FEEDS = web.AppKey("studycast.edge_feeds", EdgeFeeds)
 PROXY_TIMEOUT_S = 15.0
 SDP = "application/sdp"
 RETRY_AFTER_FULL_S = 30
+# A session behind live on this node catches up within seconds once nobody more joins.
+RETRY_AFTER_BEHIND_S = 5
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
@@ -149,6 +151,14 @@ async def whep_play(request: web.Request) -> web.Response:
     claims = _claims(request, session_id, VIEWER_ROLES | {TokenRole.NODE})
     relay = request.config_dict[RELAY]
     hub = await _session_hub(request, session_id)
+    if hub.overload.behind:
+        hub.overload.refused += 1
+        raise Overloaded(
+            f"session {session_id} is behind live on this node "
+            f"({(hub.overload.backlog or 0) // 1024} KB of its media queued unread): "
+            f"try again in {RETRY_AFTER_BEHIND_S} s",
+            retry_after=RETRY_AFTER_BEHIND_S,
+        )
     # An edge pulling the session is not a viewer seat: it is capped on the edge itself.
     seat = claims.role is not TokenRole.NODE
     # The place is taken before negotiating, so concurrent offers cannot pass the cap together.

@@ -48,6 +48,7 @@ def test_defaults(tmp_path: Path) -> None:
         "public_base_url": None,
         "ice_addresses": None,
         "max_viewers": 500,
+        "behind_kb": 256,
         "login_ttl_hours": 12.0,
         "max_body_bytes": 1024 * 1024,
         "evidence_interval_s": 15.0,
@@ -172,6 +173,8 @@ def test_dotenv_elsewhere_is_not_read(monkeypatch: pytest.MonkeyPatch, tmp_path:
         ("SECRET_KEY", "x" * 31, "at least 32 characters"),
         ("LOGIN_TTL_HOURS", "0", "greater than 0"),
         ("MAX_BODY_BYTES", "10", "greater than or equal to 1024"),
+        ("BEHIND_KB", "-1", "greater than or equal to 0"),
+        ("BEHIND_KB", "lots", "valid integer"),
     ],
 )
 def test_invalid_env_values_name_the_field(

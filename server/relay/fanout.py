@@ -13,6 +13,7 @@ from typing import Any, Protocol
 from attendance.errors import Conflict
 from server.relay.feedback import KeyframeRequests
 from server.relay.ingest import Ingest
+from server.relay.overload import OverloadGuard
 from server.relay.packet import SourcePacket
 from server.relay.viewer import Viewer
 
@@ -52,6 +53,7 @@ class SessionRelay:
         on_idle: Callable[[int], None] | None = None,
         resource_prefix: str = "",
         on_viewer_left: Callable[[int, Viewer], None] | None = None,
+        behind_bytes: int = 0,
     ) -> None:
         self.session_id = session_id
         self.resource_prefix = resource_prefix
@@ -75,6 +77,7 @@ class SessionRelay:
         # Counters of viewers that have left, so totals only ever grow.
         self.left = {"nacks": 0, "retransmitted": 0, "plis": 0}
         self.taps: list[MediaTap] = []
+        self.overload = OverloadGuard(behind_bytes)
 
     # -- broadcaster --------------------------------------------------------------------------
 
@@ -265,6 +268,9 @@ class SessionRelay:
         ingest = self.ingest
         if ingest is not None:
             ingest.sample(now)
+            shed = self.overload.observe(ingest.backlog_bytes(), now, len(self.viewers))
+            if shed:
+                self._shed(shed)
             last = ingest.last_packet_at or ingest.connected_at
             if last is not None and now - last > SILENCE_S and self.state == "live":
                 self._set_state("paused")
@@ -284,6 +290,19 @@ class SessionRelay:
             if waiting:
                 self.request_keyframe()
         return ingest is not None or bool(self.viewers)
+
+    def _shed(self, count: int) -> None:
+        """Close the ``count`` newest viewers (edges last: each serves many); they reconnect
+        and are refused while this node is behind, or land on another worker or node."""
+        newest = sorted(self.viewers.values(), key=lambda v: (v.kind == "edge", -v.created_at))
+        log.warning(
+            "session %s: %s KB of its source queued, behind live: closing %d newest viewers",
+            self.session_id,
+            (self.overload.backlog or 0) // 1024,
+            count,
+        )
+        for viewer in newest[:count]:
+            self._drop(viewer)
 
     def _set_state(self, state: str) -> None:
         if state != self.state:
@@ -334,6 +353,10 @@ class SessionRelay:
             "broadcasters_seen": self.broadcasters_seen,
             "viewers": {"total": len(self.viewers), "by_kind": by_kind},
             "viewers_served": self.viewers_served,
+            "source_backlog_bytes": self.overload.backlog,
+            "behind_live": self.overload.behind,
+            "viewers_shed": self.overload.shed,
+            "viewers_refused_behind": self.overload.refused,
             "packets_out": dict(self.packets_out),
             "bytes_out": dict(self.bytes_out),
             "keyframe_requests": {"asked": self.keyframes.requested, "sent": self.keyframes.sent},

@@ -23,6 +23,7 @@ from server.relay import codecs
 from server.relay.ice import rtc_configuration
 from server.relay.keyframes import keyframe_start
 from server.relay.meter import RateMeter
+from server.relay.overload import receive_backlog
 from server.relay.packet import SourcePacket
 
 log = logging.getLogger(__name__)
@@ -184,13 +185,25 @@ class Ingest:
     def _enlarge_receive_buffers(self) -> None:
         """The whole fan-out of a packet runs before the next is read: a deep socket buffer
         rides out those bursts instead of dropping the broadcaster's packets for everyone."""
+        for sock in self._sockets():
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, INGEST_RCVBUF)
+
+    def backlog_bytes(self) -> int | None:
+        """Bytes queued unread on this connection's sockets (the deepest); None if unknown."""
+        queued = [q for q in map(receive_backlog, self._sockets()) if q is not None]
+        return max(queued) if queued else None
+
+    def _sockets(self) -> list[socket.socket]:
+        """The ICE sockets of this connection (one transport when bundled, as peers do)."""
+        found: dict[int, socket.socket] = {}
         for transceiver in self.pc.getTransceivers():
             ice = transceiver.receiver.transport.transport
             for protocol in getattr(ice._connection, "_protocols", []):
                 sock = protocol.transport.get_extra_info("socket") if protocol.transport else None
                 if sock is not None:
-                    with contextlib.suppress(OSError):
-                        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, INGEST_RCVBUF)
+                    found[sock.fileno()] = sock
+        return list(found.values())
 
     async def close(self) -> None:
         if self._closed:

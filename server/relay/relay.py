@@ -36,9 +36,16 @@ class Relay:
     """Owns every ``SessionRelay`` of the process. ``close()`` is idempotent."""
 
     def __init__(
-        self, *, max_viewers: int, on_state: StateListener, resource_prefix: str = ""
+        self,
+        *,
+        max_viewers: int,
+        on_state: StateListener,
+        resource_prefix: str = "",
+        behind_bytes: int = 0,
     ) -> None:
         self.max_viewers = max_viewers
+        # A session's source queue over this refuses viewers (``overload``); 0: never.
+        self.behind_bytes = behind_bytes
         # What this process's viewer resource ids start with (a worker's own, see workers.py).
         self.resource_prefix = resource_prefix
         self.departed: deque[Departed] = deque(maxlen=MAX_DEPARTED)
@@ -51,6 +58,8 @@ class Relay:
             "nacks": 0,
             "retransmitted": 0,
             "plis_upstream": 0,
+            "viewers_shed": 0,
+            "viewers_refused_behind": 0,
         }
         self._closed = False
 
@@ -65,6 +74,7 @@ class Relay:
                 on_idle=self.prune,
                 resource_prefix=self.resource_prefix,
                 on_viewer_left=self._viewer_left,
+                behind_bytes=self.behind_bytes,
             )
             self.sessions[session_id] = hub
         return hub
@@ -112,6 +122,8 @@ class Relay:
         self._retired["nacks"] += feedback["nacks"]
         self._retired["retransmitted"] += feedback["retransmitted"]
         self._retired["plis_upstream"] += hub.keyframes.sent
+        self._retired["viewers_shed"] += hub.overload.shed
+        self._retired["viewers_refused_behind"] += hub.overload.refused
 
     async def end_session(self, session_id: int) -> None:
         hub = self.sessions.get(session_id)
@@ -131,7 +143,10 @@ class Relay:
             retired["retransmitted"],
         )
         broadcasters = 0
+        shed, refused = retired["viewers_shed"], retired["viewers_refused_behind"]
         for hub in self.sessions.values():
+            shed += hub.overload.shed
+            refused += hub.overload.refused
             for v in hub.viewers.values():
                 viewers[v.kind] = viewers.get(v.kind, 0) + 1
             feedback = hub.feedback_totals()
@@ -151,6 +166,8 @@ class Relay:
             "nacks": nacks,
             "retransmitted": retransmitted,
             "plis_upstream": plis,
+            "viewers_shed": shed,
+            "viewers_refused_behind": refused,
         }
 
     async def close(self) -> None:
