@@ -55,7 +55,7 @@ end (Ctrl-C and SIGTERM too, and by the kernel if the script dies); every wait h
         [--start 150] [--step 30] [--interval 8] [--max-viewers 1500] [--edges 3] [--window 20]
         [--misses 1] [--procs 1] [--load-nice 10] [--count auto|kernel|sweep]
         [--quiet-load 0.7] [--quiet-wait 600] [--json FILE]
-        [--keep-logs DIR] [--workers 1,2] [--skip-capacity] [--skip-edges]
+        [--keep-logs DIR] [--workers 1,2] [--skip-capacity] [--skip-edges] [--behind-kb N]
 """
 
 from __future__ import annotations
@@ -123,11 +123,16 @@ GOP_S = 2.0
 
 
 async def start_origin(
-    workdir: Path, name: str, db_url: str, workers: int, http: aiohttp.ClientSession
+    workdir: Path,
+    name: str,
+    db_url: str,
+    workers: int,
+    http: aiohttp.ClientSession,
+    settings: dict[str, str] | None = None,
 ) -> tuple[Server, Organiser, dict[str, Any], Publisher]:
     """An origin with the demo, logged in, its session on VP8, the publisher started (call
     ``publisher.connected()`` before measuring)."""
-    server = Server(workdir, name, db_url, workers, demo=True)
+    server = Server(workdir, name, db_url, workers, demo=True, settings=settings)
     await server.wait_healthy(http)
     organiser = Organiser(server)
     await wait_until(
@@ -162,8 +167,9 @@ async def capacity_run(
     started = time.monotonic()
     load: LoadProcesses | None = None
     async with fresh_database(args.postgres) as db_url, aiohttp.ClientSession() as http:
+        settings = {} if args.behind_kb is None else {"STUDYCAST_BEHIND_KB": str(args.behind_kb)}
         server, organiser, links, publisher = await start_origin(
-            rundir, f"origin-{tag}", db_url, workers, http
+            rundir, f"origin-{tag}", db_url, workers, http, settings
         )
         try:
             steps = max(1, 1 + (args.max_viewers - args.start) // args.step)
@@ -507,6 +513,11 @@ def main() -> None:
         help="core_scaling.py's run length before and after the capacity runs; 0: skip (5)",
     )
     parser.add_argument("--skip-edges", action="store_true", help="only the capacity")
+    parser.add_argument(
+        "--behind-kb",
+        type=int,
+        help="STUDYCAST_BEHIND_KB of the capacity runs' server (unset: its default; 0: off)",
+    )
     parser.add_argument("--json", help="also write every raw figure to this file")
     parser.add_argument("--keep-logs", help="directory for the child processes' logs")
     args = parser.parse_args()

@@ -92,7 +92,9 @@ class Server:
         demo: bool = False,
         origin: str | None = None,
         node_token: str | None = None,
+        settings: dict[str, str] | None = None,
     ) -> None:
+        """``settings``: more ``STUDYCAST_*`` variables for the server."""
         self.workdir = workdir
         self.name = name
         self.data_dir = workdir / f"{name}-data"
@@ -104,6 +106,7 @@ class Server:
             STUDYCAST_SECRET_KEY=SECRET,
             STUDYCAST_DATA_DIR=str(self.data_dir),
             STUDYCAST_MAX_VIEWERS=str(MAX_VIEWERS_PER_WORKER),
+            **(settings or {}),
         )
         argv = [STUDYCAST, "serve", "--workers", str(workers), "--host", "127.0.0.1"]
         argv += ["--port", str(self.port), "--ice-address", ICE_ADDRESS]

@@ -266,11 +266,12 @@ class SessionRelay:
         for viewer in self.viewers.values():
             viewer.sync_sender_reports(now)
         ingest = self.ingest
+        backlog = None if ingest is None else ingest.backlog_bytes()
+        shed = self.overload.observe(backlog, now, len(self.viewers))  # no source: not behind
+        if shed:
+            self._shed(shed)
         if ingest is not None:
             ingest.sample(now)
-            shed = self.overload.observe(ingest.backlog_bytes(), now, len(self.viewers))
-            if shed:
-                self._shed(shed)
             last = ingest.last_packet_at or ingest.connected_at
             if last is not None and now - last > SILENCE_S and self.state == "live":
                 self._set_state("paused")
