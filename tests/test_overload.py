@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -20,7 +21,13 @@ from relay_support import relay_stage, wait_for
 
 from attendance.store import Store
 from client.publisher import SignallingError
-from server.relay.overload import SHED_AFTER_S, SHED_FACTOR, OverloadGuard, receive_backlog
+from server.relay.overload import (
+    SHED_AFTER_S,
+    OverloadGuard,
+    SocketQueue,
+    newest_first,
+    receive_queue,
+)
 
 LINUX_ONLY = pytest.mark.skipif(sys.platform != "linux", reason="SO_MEMINFO is Linux's")
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -29,26 +36,36 @@ KB = 1024
 
 # --- the policy -------------------------------------------------------------------------------
 
+BIG = 8 * 1024 * KB  # a socket buffer as the relay asks for it
+
 
 def test_behind_while_the_queue_is_over_the_threshold() -> None:
     guard = OverloadGuard(64 * KB)
-    assert guard.observe(10 * KB, 0.0, 20) == 0 and not guard.behind
-    assert guard.observe(65 * KB, 0.5, 20) == 0 and guard.behind
-    assert guard.backlog == 65 * KB
-    assert guard.observe(64 * KB, 1.0, 20) == 0 and not guard.behind
+    assert guard.observe(SocketQueue(10 * KB, BIG), 0.0, 20) == 0 and not guard.behind
+    assert guard.observe(SocketQueue(65 * KB, BIG), 0.5, 20) == 0 and guard.behind
+    assert (guard.backlog, guard.limit) == (65 * KB, 64 * KB)
+    assert guard.observe(SocketQueue(64 * KB, BIG), 1.0, 20) == 0 and not guard.behind
+
+
+def test_a_small_buffer_lowers_the_threshold_to_a_quarter_of_it() -> None:
+    """A kernel that caps the buffer (net.core.rmem_max) drops before a fixed threshold."""
+    guard = OverloadGuard(256 * KB)
+    assert guard.observe(SocketQueue(105 * KB, 416 * KB), 0.0, 20) == 0
+    assert guard.limit == 104 * KB and guard.behind
 
 
 def test_off_or_unknown_is_never_behind() -> None:
-    assert OverloadGuard(0).observe(10_000 * KB, 0.0, 20) == 0
+    assert OverloadGuard(0).observe(SocketQueue(BIG, BIG), 0.0, 20) == 0
     guard = OverloadGuard(64 * KB)
-    guard.observe(10_000 * KB, 0.0, 20)
+    guard.observe(SocketQueue(BIG, BIG), 0.0, 20)
+    assert guard.behind
     assert guard.observe(None, 5.0, 20) == 0 and not guard.behind
 
 
-def test_a_queue_that_stays_deep_sheds_the_newest_share_each_interval() -> None:
+def test_staying_behind_sheds_the_newest_share_each_interval() -> None:
     guard = OverloadGuard(64 * KB)
-    deep = SHED_FACTOR * 64 * KB + 1
-    assert guard.observe(deep, 0.0, 50) == 0  # deep once: not yet
+    deep = SocketQueue(65 * KB, BIG)
+    assert guard.observe(deep, 0.0, 50) == 0  # behind once: not yet
     assert guard.observe(deep, SHED_AFTER_S - 0.1, 50) == 0
     assert guard.observe(deep, SHED_AFTER_S, 50) == 3  # 5 % of 50, rounded up
     assert guard.observe(deep, SHED_AFTER_S + 0.5, 47) == 0  # the next share after a pause
@@ -58,13 +75,37 @@ def test_a_queue_that_stays_deep_sheds_the_newest_share_each_interval() -> None:
     assert guard.observe(deep, 4 * SHED_AFTER_S, 0) == 0
 
 
-def test_a_queue_that_drains_starts_the_count_again() -> None:
+def test_catching_up_starts_the_count_again() -> None:
     guard = OverloadGuard(64 * KB)
-    deep = SHED_FACTOR * 64 * KB + 1
+    deep = SocketQueue(65 * KB, BIG)
     guard.observe(deep, 0.0, 10)
-    guard.observe(100 * KB, 1.5, 10)  # behind, but no longer deep
+    guard.observe(SocketQueue(0, BIG), 1.5, 10)
     assert guard.observe(deep, 2.5, 10) == 0
     assert guard.observe(deep, 2.5 + SHED_AFTER_S, 10) == 1
+
+
+@dataclass
+class Seat:
+    name: str
+    kind: str
+    created_at: float
+
+
+def test_the_newest_viewers_go_first_and_edges_last() -> None:
+    seats = [
+        Seat("edge, new", "edge", 9.0),
+        Seat("old", "member", 1.0),
+        Seat("newest", "venue", 8.0),
+        Seat("edge, old", "edge", 0.5),
+        Seat("middle", "viewer", 5.0),
+    ]
+    assert [s.name for s in newest_first(seats)] == [
+        "newest",
+        "middle",
+        "old",
+        "edge, new",
+        "edge, old",
+    ]
 
 
 # --- a real socket's queue --------------------------------------------------------------------
@@ -77,14 +118,17 @@ def test_the_kernel_counts_what_a_socket_has_not_read() -> None:
         socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
     ):
         receiver.bind(("127.0.0.1", 0))
-        assert receive_backlog(receiver) == 0
+        empty = receive_queue(receiver)
+        assert empty is not None and empty.queued == 0
+        assert empty.buffer == receiver.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         for _ in range(50):
             sender.sendto(b"x" * 1000, receiver.getsockname())
-        queued = receive_backlog(receiver)
-        assert queued is not None and queued >= 50 * 1000
+        queue = receive_queue(receiver)
+        assert queue is not None and queue.queued >= 50 * 1000
         for _ in range(50):
             receiver.recv(2048)
-        assert receive_backlog(receiver) == 0
+        drained = receive_queue(receiver)
+        assert drained is not None and drained.queued < 50 * 1000
 
 
 # --- a real relay -----------------------------------------------------------------------------
@@ -123,10 +167,10 @@ async def test_a_node_behind_live_refuses_viewers_until_it_keeps_up(
         await wait_for(lambda: hub.overload.backlog is not None, 5, "a watch tick with media")
         assert not hub.overload.behind
 
-        flood(source_address(hub.ingest), 400)
+        flood(source_address(hub.ingest), 150)  # ~180 KB, ~350 KB as the kernel holds it
         hub._watch_tick(time.monotonic())  # what the watch loop does, before anything is read
         assert hub.overload.behind
-        assert (hub.overload.backlog or 0) >= 400 * 1200
+        assert (hub.overload.backlog or 0) >= 150 * 1200
 
         with pytest.raises(SignallingError) as refused:
             await stage.watch(connect=False)
@@ -150,7 +194,7 @@ async def test_a_node_behind_live_refuses_viewers_until_it_keeps_up(
 
 @LINUX_ONLY
 @SQLITE_ONLY
-async def test_a_node_that_stays_behind_closes_its_newest_viewer(
+async def test_a_node_that_stays_behind_closes_its_newest_viewers_one_by_one(
     store: Store, tmp_path: Path, now: datetime
 ) -> None:
     async with relay_stage(store, tmp_path, now, "vp8", behind_kb=64) as stage:
@@ -166,19 +210,26 @@ async def test_a_node_that_stays_behind_closes_its_newest_viewer(
 
         address = source_address(hub.ingest)
         start = time.monotonic()
-        flood(address, 400)  # ~0.9 MB as the kernel counts it: over 4 x 64 KB
+        flood(address, 150)
         hub._watch_tick(start)
-        assert hub.viewers.keys() >= {newest.resource_id}, "not yet: deep only once"
-        flood(address, 400)
-        hub._watch_tick(start + SHED_AFTER_S)
+        assert hub.overload.behind
+        assert hub.viewers.keys() >= {newest.resource_id}, "not yet: behind only once"
+        flood(address, 150)
+        hub._watch_tick(start + SHED_AFTER_S)  # sheds the newest
+        # Still behind (nothing was read meanwhile) and the newest not gone yet: the next one.
+        hub._watch_tick(start + 2 * SHED_AFTER_S)
+        assert hub.overload.shed == 2
 
-        await wait_for(lambda: newest.resource_id not in hub.viewers, 5, "the newest closed")
-        assert len(hub.viewers) == 2
-        assert hub.overload.shed == 1
+        oldest = watchers[0]
+        await wait_for(lambda: len(hub.viewers) == 1, 5, "two viewers closed")
+        assert oldest.resource_url is not None
+        assert [oldest.resource_url.endswith(r) for r in hub.viewers] == [True]
         await wait_for(
-            lambda: watchers[-1].pc.connectionState in ("closed", "failed"), 40, "its peer"
+            lambda: all(w.pc.connectionState in ("closed", "failed") for w in watchers[1:]),
+            40,
+            "their peers",
         )
-        assert [w.pc.connectionState for w in watchers[:2]] == ["connected", "connected"]
+        assert oldest.pc.connectionState == "connected"
         assert publication.pc.connectionState == "connected"
         r = await stage.client.get("/metrics")
-        assert 'studycast_relay_viewers_shed_total{node="origin"} 1.0' in await r.text()
+        assert 'studycast_relay_viewers_shed_total{node="origin"} 2.0' in await r.text()

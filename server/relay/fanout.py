@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from attendance.errors import Conflict
 from server.relay.feedback import KeyframeRequests
 from server.relay.ingest import Ingest
-from server.relay.overload import OverloadGuard
+from server.relay.overload import OverloadGuard, newest_first
 from server.relay.packet import SourcePacket
 from server.relay.viewer import Viewer
 
@@ -78,6 +78,7 @@ class SessionRelay:
         self.left = {"nacks": 0, "retransmitted": 0, "plis": 0}
         self.taps: list[MediaTap] = []
         self.overload = OverloadGuard(behind_bytes)
+        self._shedding: set[str] = set()  # viewers being closed for it
 
     # -- broadcaster --------------------------------------------------------------------------
 
@@ -180,6 +181,7 @@ class SessionRelay:
         task.add_done_callback(self._closing.discard)
 
     def _viewer_gone(self, viewer: Viewer) -> None:
+        self._shedding.discard(viewer.resource_id)
         if self.viewers.pop(viewer.resource_id, None) is not None:
             self.left["nacks"] += viewer.nacks_received
             self.left["retransmitted"] += viewer.retransmitted
@@ -266,8 +268,9 @@ class SessionRelay:
         for viewer in self.viewers.values():
             viewer.sync_sender_reports(now)
         ingest = self.ingest
-        backlog = None if ingest is None else ingest.backlog_bytes()
-        shed = self.overload.observe(backlog, now, len(self.viewers))  # no source: not behind
+        queue = None if ingest is None else ingest.receive_queue()
+        staying = len(self.viewers) - len(self._shedding)
+        shed = self.overload.observe(queue, now, staying)  # no source: not behind
         if shed:
             self._shed(shed)
         if ingest is not None:
@@ -295,14 +298,16 @@ class SessionRelay:
     def _shed(self, count: int) -> None:
         """Close the ``count`` newest viewers (edges last: each serves many); they reconnect
         and are refused while this node is behind, or land on another worker or node."""
-        newest = sorted(self.viewers.values(), key=lambda v: (v.kind == "edge", -v.created_at))
+        staying = (v for v in self.viewers.values() if v.resource_id not in self._shedding)
+        chosen = newest_first(staying)[:count]
         log.warning(
             "session %s: %s KB of its source queued, behind live: closing %d newest viewers",
             self.session_id,
             (self.overload.backlog or 0) // 1024,
             count,
         )
-        for viewer in newest[:count]:
+        for viewer in chosen:
+            self._shedding.add(viewer.resource_id)  # until it is gone: never chosen twice
             self._drop(viewer)
 
     def _set_state(self, state: str) -> None:

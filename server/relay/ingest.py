@@ -23,13 +23,15 @@ from server.relay import codecs
 from server.relay.ice import rtc_configuration
 from server.relay.keyframes import keyframe_start
 from server.relay.meter import RateMeter
-from server.relay.overload import receive_backlog
+from server.relay.overload import SocketQueue, receive_queue
 from server.relay.packet import SourcePacket
 
 log = logging.getLogger(__name__)
 
 # Bytes of socket receive buffer for a broadcaster (the kernel caps it at rmem_max).
 INGEST_RCVBUF = 4 * 1024 * 1024
+
+_small_buffer_told = False  # the warning about net.core.rmem_max, once per process
 
 PacketSink = Callable[[SourcePacket], Awaitable[None]]
 
@@ -185,14 +187,25 @@ class Ingest:
     def _enlarge_receive_buffers(self) -> None:
         """The whole fan-out of a packet runs before the next is read: a deep socket buffer
         rides out those bursts instead of dropping the broadcaster's packets for everyone."""
+        global _small_buffer_told
         for sock in self._sockets():
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, INGEST_RCVBUF)
+                got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+                if got < INGEST_RCVBUF and not _small_buffer_told:
+                    _small_buffer_told = True
+                    log.warning(
+                        "a source's receive buffer is capped at %d KB by net.core.rmem_max: "
+                        "a busy relay drops its packets sooner, and is behind live at a "
+                        "quarter of it (sysctl -w net.core.rmem_max=%d lifts the cap)",
+                        got // 1024,
+                        INGEST_RCVBUF,
+                    )
 
-    def backlog_bytes(self) -> int | None:
-        """Bytes queued unread on this connection's sockets (the deepest); None if unknown."""
-        queued = [q for q in map(receive_backlog, self._sockets()) if q is not None]
-        return max(queued) if queued else None
+    def receive_queue(self) -> SocketQueue | None:
+        """The deepest receive queue of this connection's sockets; None if unknown."""
+        queues = [q for q in map(receive_queue, self._sockets()) if q is not None]
+        return max(queues) if queues else None
 
     def _sockets(self) -> list[socket.socket]:
         """The ICE sockets of this connection (one transport when bundled, as peers do)."""

@@ -1,15 +1,18 @@
 """A session's source falling behind live on this node: refuse new viewers, then shed some.
 
 A relay short of CPU reads its source (the broadcaster, or an edge's or worker's upstream) later
-and later; the packets wait in the socket's receive buffer, several MB deep. Viewers still get
-every frame, later. But the ICE consent answers (RFC 7675) wait in the same queue: aioice gives
-each check 0.5 s and closes the connection after six misses, so half a minute behind live the
-broadcast ends for everyone. Before that, this node stops taking viewers (HTTP 503 with
+and later; the packets wait in the socket's receive buffer. Viewers still get every frame, later.
+But the ICE consent answers (RFC 7675) wait in the same queue: aioice sends a check about every
+5 s, counts it failed if no answer is read within 0.5 s, and closes the connection after six
+failures in a row. So a node that stays over half a second behind for about 30 s loses the
+broadcaster, for everyone. Before that, this node stops taking viewers (HTTP 503 with
 ``Retry-After``: the pages wait and try again, and with ``--workers`` or edges they can land
-elsewhere), and if the queue keeps growing it closes its newest viewers until it keeps up.
+elsewhere), and if it stays behind it closes its newest viewers until it keeps up.
 
-``receive_backlog`` reads a socket's queue (``SO_MEMINFO``: the bytes the kernel has queued for
-the socket, as ``/proc/net/udp``'s rx_queue counts them); ``OverloadGuard`` is the pure policy.
+``receive_queue`` reads a socket's queue with ``SO_MEMINFO``: the memory the kernel holds for
+its unread datagrams (each one's payload plus its buffer overhead, about 2 KB for a full-size
+packet; the kernel may hold up to a quarter of the buffer more than ``/proc/net/udp`` shows,
+which it frees lazily) and the buffer's size. ``OverloadGuard`` is the pure policy.
 """
 
 from __future__ import annotations
@@ -18,63 +21,91 @@ import math
 import socket
 import struct
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import NamedTuple, Protocol, TypeVar
 
-# Linux's SO_MEMINFO (include/uapi/asm-generic/socket.h) and the index of sk_rmem_alloc.
+# Linux's SO_MEMINFO (include/uapi/asm-generic/socket.h); it fills u32 values, of which the
+# first two are sk_rmem_alloc (held for unread datagrams) and sk_rcvbuf (the buffer's size).
 SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)
-_MEMINFO_BYTES = 4 * 9
+_MEMINFO_SIZE = 4 * 9  # the nine values of SK_MEMINFO_VARS
 
-# A queue this many times ``behind_bytes``, for ``SHED_AFTER_S``, sheds viewers.
-SHED_FACTOR = 4
+# Behind for this long in a row sheds viewers, and again each time as long again.
 SHED_AFTER_S = 2.0
 # The share of the session's viewers closed each time (at least one), newest first.
 SHED_SHARE = 0.05
+# Behind never waits for more than this share of the buffer (past it the kernel drops).
+BUFFER_SHARE = 4
 
 
-def receive_backlog(sock: socket.socket) -> int | None:
-    """Bytes queued unread on ``sock`` (kernel accounting); None where it cannot be read."""
+class SocketQueue(NamedTuple):
+    """What the kernel holds for a socket's unread datagrams, and its buffer size, in bytes."""
+
+    queued: int
+    buffer: int
+
+
+def receive_queue(sock: socket.socket) -> SocketQueue | None:
+    """``sock``'s receive queue; None where it cannot be read (not Linux, closed socket)."""
     if sys.platform != "linux":
         return None
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO_BYTES)
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO_SIZE)
     except OSError:
         return None
-    if len(raw) < 4:
+    if len(raw) < 8:
         return None
-    return int(struct.unpack_from("=I", raw)[0])
+    queued, buffer = struct.unpack_from("=II", raw)
+    return SocketQueue(int(queued), int(buffer))
+
+
+class Sheddable(Protocol):
+    kind: str
+    created_at: float
+
+
+V = TypeVar("V", bound=Sheddable)
+
+
+def newest_first(viewers: Iterable[V]) -> list[V]:
+    """The order viewers are shed in: newest first, edges (each serving many) last."""
+    return sorted(viewers, key=lambda v: (v.kind == "edge", -v.created_at))
 
 
 @dataclass
 class OverloadGuard:
     """One session's source queue, observed every watch tick.
 
-    ``behind`` (refuse new viewers) while more than ``behind_bytes`` are queued; ``observe``
-    returns how many viewers to close once more than ``SHED_FACTOR`` times that has been queued
-    for ``SHED_AFTER_S``, and again each ``SHED_AFTER_S`` it stays so. ``behind_bytes`` 0: off.
+    ``behind`` (refuse new viewers) while more than ``limit`` is queued: ``behind_bytes``, or a
+    quarter of the socket's buffer if that is less. ``observe`` returns how many viewers to close
+    once the source has been behind for ``SHED_AFTER_S``, and again each ``SHED_AFTER_S`` it
+    stays so. ``behind_bytes`` 0: off.
     """
 
     behind_bytes: int
     backlog: int | None = None
+    limit: int | None = None
     behind: bool = False
     refused: int = 0
     shed: int = 0
-    _over_since: float | None = field(default=None, repr=False)
+    _behind_since: float | None = field(default=None, repr=False)
 
-    def observe(self, backlog: int | None, now: float, viewers: int) -> int:
-        self.backlog = backlog
-        if not self.behind_bytes or backlog is None:
-            self.behind, self._over_since = False, None
+    def observe(self, queue: SocketQueue | None, now: float, viewers: int) -> int:
+        self.backlog = None if queue is None else queue.queued
+        if not self.behind_bytes or queue is None:
+            self.behind, self.limit, self._behind_since = False, None, None
             return 0
-        self.behind = backlog > self.behind_bytes
-        if backlog <= SHED_FACTOR * self.behind_bytes:
-            self._over_since = None
+        self.limit = min(self.behind_bytes, queue.buffer // BUFFER_SHARE)
+        self.behind = queue.queued > self.limit
+        if not self.behind:
+            self._behind_since = None
             return 0
-        if self._over_since is None:
-            self._over_since = now
+        if self._behind_since is None:
+            self._behind_since = now
             return 0
-        if now - self._over_since < SHED_AFTER_S or viewers == 0:
+        if now - self._behind_since < SHED_AFTER_S or viewers <= 0:
             return 0
-        self._over_since = now
+        self._behind_since = now
         count = min(viewers, max(1, math.ceil(viewers * SHED_SHARE)))
         self.shed += count
         return count
