@@ -33,6 +33,7 @@ class SegmentClosed:
     audio_frames: int
     audio_codec: str | None
     dropped: int  # packets dropped because the writer fell behind, and frames lost to gaps
+    audio_placed_by: str | None = None  # "sender reports" | "arrival" (recordings.lipsync)
 
 
 RecordingEvent = SegmentOpened | SegmentClosed

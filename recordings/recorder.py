@@ -28,7 +28,7 @@ from recordings.events import RecordingEvent, SegmentClosed, SegmentOpened
 from recordings.lipsync import LipSync, Placement
 from recordings.remux import RemuxError, SegmentFile, container_for, file_digest
 from server.relay.fanout import SessionRelay
-from server.relay.packet import SourcePacket
+from server.relay.packet import SenderReport, SourcePacket
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,9 @@ class SegmentWriter:
 
     ``offer`` and ``finish`` never block. The file starts at the first video keyframe (video
     before it is dropped, audio from the same moment on); pts are the RTP timestamps since then,
-    the audio placed against the video by arrival (``recordings.lipsync``), so its first second
-    is held before it is written.
+    the audio placed against the video by the sender's reports or by arrival
+    (``recordings.lipsync``). Until it is placed (a few seconds at most) the start of the segment
+    is held, then written in time order.
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class SegmentWriter:
         self._ask_keyframe = ask_keyframe
         # A plain deque, drained in batches: appending is atomic, and no lock or wake-up per
         # packet is paid on the event loop (measured: most of the recorder's cost otherwise).
-        self._queue: deque[SourcePacket] = deque()
+        self._queue: deque[SourcePacket | SenderReport] = deque()
         self._queue_limit = queue_packets
         self._stop = threading.Event()
         self._thread = threading.Thread(
@@ -90,8 +91,12 @@ class SegmentWriter:
         self._start_at = 0.0
         self._video_origin = 0
         self._sync: LipSync | None = None
+        self._reports: dict[str, SenderReport] = {}
         self._placement: Placement | None = None
+        self._holding_video = True
+        self._held_video: list[Frame] = []
         self._held_audio: list[Frame] = []
+        self.audio_placed_by: str | None = None
         self._waiting_keyframe = True
         self._asked_at: float | None = None
         self.dropped_frames = 0
@@ -101,7 +106,7 @@ class SegmentWriter:
     def start(self) -> None:
         self._thread.start()
 
-    def offer(self, packet: SourcePacket) -> None:
+    def offer(self, packet: SourcePacket | SenderReport) -> None:
         if len(self._queue) < self._queue_limit:
             self._queue.append(packet)
         else:
@@ -138,14 +143,16 @@ class SegmentWriter:
             for assembler in self._assemblers.values():
                 for frame in assembler.flush():
                     self._frame(frame)
-            if self._placement is None:
-                self._place_audio()
+            self._place()
         except Exception:
             log.exception("session %s: recording failed", self.session_id)
         finally:
             self._close()
 
-    def _packet(self, packet: SourcePacket) -> None:
+    def _packet(self, packet: SourcePacket | SenderReport) -> None:
+        if isinstance(packet, SenderReport):
+            self._report(packet)
+            return
         ssrc = packet.epoch & 0xFFFF_FFFF
         if self._ssrc.setdefault(packet.kind, ssrc) != ssrc:
             return  # another stream of the same kind (a retransmission stream): not media
@@ -169,37 +176,68 @@ class SegmentWriter:
         if self._file is None and not self._open(frame):
             self._waiting_keyframe = True
             return
-        assert self._file is not None
-        pts = frame.timestamp - self._video_origin
-        if pts >= 0:
-            self._file.write_video(frame.data, pts, frame.keyframe)
-            assert self._sync is not None
-            self._sync.video(frame.timestamp, frame.arrived_at)
+        assert self._file is not None and self._sync is not None
+        if frame.timestamp < self._video_origin:
+            return
+        self._sync.video(frame.timestamp, frame.arrived_at)
+        if not self._holding_video:
+            self._write_video(frame)
+            return
+        self._held_video.append(frame)
+        if self._sync.video_only_so_far:
+            self._place()  # no audio yet: the video goes on alone
 
     def _audio(self, frame: Frame) -> None:
         if self._file is None or self._sync is None or frame.arrived_at < self._start_at:
             return
-        if self._placement is None:
-            self._sync.audio(frame.timestamp, frame.arrived_at)
-            self._held_audio.append(frame)
-            if self._sync.settled:
-                self._place_audio()
-        else:
+        if self._placement is not None:
             self._write_audio(frame, self._placement)
-
-    def _place_audio(self) -> None:
-        placement = None if self._sync is None else self._sync.place()
-        if placement is None:
             return
-        self._placement = placement
-        log.info(
-            "session %s: audio placed %+.3f s from the segment start",
-            self.session_id,
-            placement.pts / 48_000,
-        )
-        held, self._held_audio = self._held_audio, []
-        for frame in held:
-            self._write_audio(frame, placement)
+        self._sync.audio(frame.timestamp, frame.arrived_at)
+        self._held_audio.append(frame)
+        if self._sync.settled:
+            self._place()
+
+    def _report(self, report: SenderReport) -> None:
+        if report.packets == 0 or report.epoch & 0xFFFF_FFFF != self._ssrc.get(report.kind):
+            return  # before any media (no clock yet), or of a retransmission stream
+        self._reports[report.kind] = report
+        if self._sync is not None:
+            self._sync.report(report.kind, report.ntp_s, report.rtp_timestamp)
+            if self._placement is None and self._held_audio and self._sync.settled:
+                self._place()
+
+    def _place(self) -> None:
+        """Place the audio (if any came) and write what was held, in time order."""
+        if self._sync is None:
+            return
+        placement = self._placement or self._sync.place()
+        if placement is not None and self._placement is None:
+            self._placement = placement
+            self.audio_placed_by = placement.by
+            log.info(
+                "session %s: audio placed %+.3f s from the segment start (by %s)",
+                self.session_id,
+                placement.pts / 48_000,
+                placement.by,
+            )
+        held: list[tuple[float, int, Frame]] = [
+            ((f.timestamp - self._video_origin) / 90_000, 0, f) for f in self._held_video
+        ]
+        if placement is not None:
+            held += [(placement.pts_of(f.timestamp) / 48_000, 1, f) for f in self._held_audio]
+            self._held_audio = []
+        self._held_video, self._holding_video = [], False
+        for _, kind, frame in sorted(held, key=lambda h: (h[0], h[1])):
+            if kind == 0:
+                self._write_video(frame)
+            else:
+                assert placement is not None
+                self._write_audio(frame, placement)
+
+    def _write_video(self, frame: Frame) -> None:
+        assert self._file is not None
+        self._file.write_video(frame.data, frame.timestamp - self._video_origin, frame.keyframe)
 
     def _write_audio(self, frame: Frame, placement: Placement) -> None:
         assert self._file is not None
@@ -225,6 +263,8 @@ class SegmentWriter:
         self._start_at = keyframe.arrived_at
         self._video_origin = keyframe.timestamp
         self._sync = LipSync(keyframe.timestamp, keyframe.arrived_at)
+        for report in self._reports.values():
+            self._sync.report(report.kind, report.ntp_s, report.rtp_timestamp)
         self._opened = SegmentOpened(
             session_id=self.session_id,
             segment_index=index,
@@ -260,6 +300,7 @@ class SegmentWriter:
                 audio_frames=file.frames["audio"],
                 audio_codec="opus" if file.frames["audio"] else None,
                 dropped=self.dropped_packets + self.dropped_frames,
+                audio_placed_by=self.audio_placed_by,
             )
         )
 
@@ -292,6 +333,10 @@ class SessionRecorder:
             self.writer.start()
         if self.writer is not None:
             self.writer.offer(packet)
+
+    def sender_report(self, report: SenderReport) -> None:
+        if self.writer is not None and report.epoch >> 32 == self._connection:
+            self.writer.offer(report)
 
     def broadcaster_gone(self, epoch: int) -> None:
         if epoch == self._connection:

@@ -86,6 +86,9 @@ async def test_a_session_with_a_reconnect_records_two_whole_segments(
         (SegmentClosed, 1),
     ]
     assert first.video.jumps == second.video.jumps == 0
+    # aiortc's sender reports (one clock for both tracks) placed each segment's audio.
+    closed = [e for e in events if isinstance(e, SegmentClosed)]
+    assert [e.audio_placed_by for e in closed] == ["sender reports"] * 2
     published = set(range(sent_first)) | set(range(resume_at, resume_at + sent_second))
     published_s = (sent_first + sent_second) / CLIP_FPS
 
@@ -126,6 +129,9 @@ async def test_a_session_with_a_reconnect_records_two_whole_segments(
     assert first.video.started_at is not None and second.video.started_at is not None
     between = second.video.started_at - first.video.started_at
     assert abs(entries[1].offset_s - between) < 0.5, (entries[1].offset_s, between)
+    # ... after the first segment's content, which ends where the first connection stopped.
+    assert entries[0].duration_s is not None
+    assert entries[1].offset_s > entries[0].duration_s - 0.2, entries
 
 
 @SQLITE_ONLY

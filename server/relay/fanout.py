@@ -14,7 +14,7 @@ from attendance.errors import Conflict
 from server.relay.feedback import KeyframeRequests
 from server.relay.ingest import Ingest
 from server.relay.overload import OverloadGuard, newest_first
-from server.relay.packet import SourcePacket
+from server.relay.packet import SenderReport, SourcePacket
 from server.relay.viewer import Viewer
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,9 @@ class MediaTap(Protocol):
     is made on the event loop and must return at once; exceptions are logged, never raised."""
 
     def media(self, packet: SourcePacket) -> None: ...
+
+    def sender_report(self, report: SenderReport) -> None:
+        """An RTCP sender report of the broadcaster."""
 
     def broadcaster_gone(self, epoch: int) -> None:
         """The broadcaster connection ``epoch`` (``SourcePacket.epoch >> 32``) has ended."""
@@ -92,6 +95,7 @@ class SessionRelay:
             epoch=self.next_epoch(),
             sink=self._forward,
             on_gone=self._broadcaster_gone,
+            on_report=self._sender_report,
         )
         try:
             answer = await ingest.answer(offer_sdp)
@@ -212,6 +216,10 @@ class SessionRelay:
             except Exception:
                 # A failing tap (the recorder) must never cost the viewers their broadcast.
                 log.exception("session %s: tap %r failed on %s", self.session_id, tap, what)
+
+    def _sender_report(self, report: SenderReport) -> None:
+        if self.taps:
+            self._tell_taps("sender_report", report)
 
     async def _forward(self, packet: SourcePacket) -> None:
         if self.taps:

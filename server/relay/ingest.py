@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver
-from aiortc.rtp import RtpPacket
+from aiortc.rtp import RtcpSrPacket, RtpPacket
 
 from attendance.errors import InvalidInput
 from server.relay import codecs
@@ -24,7 +24,7 @@ from server.relay.ice import rtc_configuration
 from server.relay.keyframes import keyframe_start
 from server.relay.meter import RateMeter
 from server.relay.overload import SocketQueue, receive_queue
-from server.relay.packet import SourcePacket
+from server.relay.packet import SenderReport, SourcePacket
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +47,14 @@ class Ingest:
         epoch: int,
         sink: PacketSink,
         on_gone: Callable[[Ingest], None],
+        on_report: Callable[[SenderReport], None] | None = None,
     ) -> None:
         self.resource_id = resource_id
         self.session_codec = session_codec
         self.epoch = epoch
         self._sink = sink
         self._on_gone = on_gone
+        self._on_report = on_report
         self.pc = RTCPeerConnection(rtc_configuration())
         self.video_receiver: RTCRtpReceiver | None = None
         self._keyframe_ts: int | None = None
@@ -138,6 +140,31 @@ class Ingest:
 
         receiver.receive = receive  # type: ignore[method-assign]
         receiver._handle_rtp_packet = handle_rtp_packet  # type: ignore[method-assign]
+        if self._on_report is not None:
+            self._tap_reports(receiver, kind, self._on_report)
+
+    def _tap_reports(
+        self, receiver: RTCRtpReceiver, kind: str, on_report: Callable[[SenderReport], None]
+    ) -> None:
+        """Hand the source's sender reports on (the recorder lines audio up with video by
+        them), then let aiortc's receiver see them as usual."""
+        original = receiver._handle_rtcp_packet
+
+        async def handle_rtcp_packet(packet: Any) -> None:
+            if isinstance(packet, RtcpSrPacket):
+                info = packet.sender_info
+                on_report(
+                    SenderReport(
+                        kind,
+                        self.epoch * 0x1_0000_0000 + packet.ssrc,
+                        info.ntp_timestamp / 0x1_0000_0000,
+                        info.rtp_timestamp,
+                        info.packet_count,
+                    )
+                )
+            await original(packet)
+
+        receiver._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
 
     def sample(self, now: float) -> None:
         self.meter.sample(

@@ -17,3 +17,14 @@ class SourcePacket:
     payload: bytes
     keyframe_start: bool
     arrived_at: float
+
+
+@dataclass(slots=True, frozen=True)
+class SenderReport:
+    """An RTCP sender report of the source: its sender's clock at one of its RTP timestamps."""
+
+    kind: str  # "audio" | "video"
+    epoch: int  # as SourcePacket.epoch: connection << 32 | SSRC
+    ntp_s: float  # the sender's wall clock, seconds since 1900 (0: the sender has no clock yet)
+    rtp_timestamp: int
+    packets: int  # the sender's packet count so far
