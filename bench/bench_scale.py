@@ -264,7 +264,7 @@ def lag_text(lags: dict[str, dict[str, Any]]) -> str:
     def behind(v: dict[str, Any]) -> str:
         if not (v.get("refused") or v.get("shed")):
             return ""
-        return f", behind: {v['refused']} refused, {v['shed']} shed"
+        return f", behind live so far: {v['refused']} refused, {v['shed']} shed"
 
     return ", ".join(
         f"{v['stalls']} stalls (worst <= {fmt(v['worst_le'])} s){behind(v)}" for v in lags.values()

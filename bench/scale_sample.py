@@ -255,8 +255,9 @@ def lag_window(l0: dict[int, Lag], l1: dict[int, Lag]) -> dict[str, dict[str, An
         out[str(pid)] = {
             "ticks": int(ticks),
             "stalls": int(b.stalls - a.stalls),
-            "refused": int(b.refused - a.refused),
-            "shed": int(b.shed - a.shed),
+            # Since the process started: refusals come as viewers join, before the window.
+            "refused": int(b.refused),
+            "shed": int(b.shed),
             "worst_le": holding[0] if ticks and holding else None,
         }
     return out
