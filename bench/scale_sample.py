@@ -185,8 +185,8 @@ def others_top(s0: Sample, s1: Sample, seconds: float, n: int = 3) -> list[str]:
 
 
 def metrics_urls(pids: list[int], public_url: str) -> dict[int, str]:
-    """pid → the ``/metrics`` URL of that relay process: each worker's private port (from its
-    plan in its environment), or the public URL of a server without workers."""
+    """pid → the ``/metrics`` URL of that relay process alone: each worker's private port (from
+    its plan in its environment), or the public URL of a server without workers."""
     urls = {}
     for pid in pids:
         with contextlib.suppress(OSError, ValueError, KeyError):
@@ -196,7 +196,8 @@ def metrics_urls(pids: list[int], public_url: str) -> dict[int, str]:
                 if name.decode(errors="replace") == PLAN_ENV:
                     plan = WorkerPlan.from_env({PLAN_ENV: value.decode()})
                     if plan is not None:
-                        urls[pid] = plan.private_url(plan.index) + "/metrics"
+                        # That worker alone (a worker's /metrics merges its siblings' too).
+                        urls[pid] = plan.private_url(plan.index) + "/metrics?worker=self"
     if not urls and pids:
         urls[pids[0]] = public_url.rstrip("/") + "/metrics"
     return urls
