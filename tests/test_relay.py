@@ -545,6 +545,9 @@ async def test_connect_close_cycles_leave_nothing_behind(
 
         for i in range(5):  # warm up: first use of executors, caches, the hub's watch task
             await cycle(i)
+        # The recorder's file is opened by its first write, once the segment's audio is placed.
+        segment = tmp_path / "data" / "recordings" / str(stage.session_id) / "0.webm"
+        await wait_for(segment.exists, 10, "the recording's file")
         # Fill the store's read pool (a thread and files per SQLite connection): background
         # readers may otherwise open another pooled connection during the cycles.
         async with contextlib.AsyncExitStack() as pool:
