@@ -97,7 +97,13 @@ from bench_relay import (  # noqa: E402 (after the path set-up)
 )
 from core_scaling import core_scaling, describe  # noqa: E402
 from scale_load import LoadPlan, LoadProcesses  # noqa: E402
-from scale_report import capacity_summary, capacity_table, edge_summary, fmt  # noqa: E402
+from scale_report import (  # noqa: E402
+    capacity_summary,
+    capacity_table,
+    edge_summary,
+    fmt,
+    lag_text,
+)
 from scale_rules import GOOD_FPS_SHARE, capacity, failing, one_miss  # noqa: E402
 from scale_sample import (  # noqa: E402
     lag_window,
@@ -253,22 +259,6 @@ def published_fps(p0: dict[str, Any] | None, p1: dict[str, Any] | None) -> float
     if not p0 or not p1 or p1["t"] <= p0["t"]:
         return None
     return round((p1["video_frames"] - p0["video_frames"]) / (p1["t"] - p0["t"]), 2)
-
-
-def lag_text(lags: dict[str, dict[str, Any]]) -> str:
-    """Per relay process: stalls (>= 0.1 s) and the bound of its worst lag in the window, and
-    the viewers it refused or closed for being behind live, if any."""
-    if not lags:
-        return "-"
-
-    def behind(v: dict[str, Any]) -> str:
-        if not (v.get("refused") or v.get("shed")):
-            return ""
-        return f", behind live so far: {v['refused']} refused, {v['shed']} shed"
-
-    return ", ".join(
-        f"{v['stalls']} stalls (worst <= {fmt(v['worst_le'])} s){behind(v)}" for v in lags.values()
-    )
 
 
 def step_row(

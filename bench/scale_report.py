@@ -62,6 +62,23 @@ def lags(by_pid: dict[str, dict[str, Any]] | None) -> str:
     return ", ".join(f"{v['stalls']} ({fmt(v['worst_le'])})" for v in by_pid.values())
 
 
+def lag_text(lags: dict[str, dict[str, Any]]) -> str:
+    """Per relay process: stalls (>= 0.1 s) and the bound of its worst lag in the window, and
+    the viewers it refused or closed for being behind live, if any."""
+    if not lags:
+        return "-"
+
+    def shedding(v: dict[str, Any]) -> str:
+        if not (v.get("refused") or v.get("shed")):
+            return ""
+        return f", behind live so far: {v['refused']} refused, {v['shed']} shed"
+
+    return ", ".join(
+        f"{v['stalls']} stalls (worst <= {fmt(v['worst_le'])} s){shedding(v)}"
+        for v in lags.values()
+    )
+
+
 def capacity_summary(runs: list[dict[str, Any]]) -> Iterator[str]:
     for run in runs:
         yield capacity_line(run)
