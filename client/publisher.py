@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 CLOCK_RATES = {"audio": 48_000, "video": 90_000}
 H264_PROFILE_LEVEL_ID = "42e01f"  # constrained baseline 3.1: what make_clip produces
-DEFAULT_MAX_LAG = 0.5
+DEFAULT_MAX_LAG = 0.5  # seconds late before a schedule moves instead of bursting
 DEFAULT_REQUEST_TIMEOUT = 10.0
 
 

@@ -39,14 +39,13 @@ from av.packet import Packet
 from av.video.frame import VideoFrame
 
 from attendance.errors import InvalidInput
-from client.publisher import CLOCK_RATES
+from client.publisher import CLOCK_RATES, DEFAULT_MAX_LAG
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["audio", "video"]
 Payload: TypeAlias = "Packet[Any] | VideoFrame | AudioFrame"
 
-DEFAULT_MAX_LAG = 0.5  # seconds late before the schedule moves instead of bursting
 # How far the reader may run ahead, in items: packets are small, decoded pictures are not.
 QUEUE_AHEAD = {"passthrough": 240, "decoded": 12, "audio": 500}
 # H.264 profiles sent as they are, with the profile-level-id offered for them.
