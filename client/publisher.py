@@ -20,6 +20,8 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -58,10 +60,13 @@ class SignallingError(StudycastError):
         status: int | None = None,
         code: str | None = None,
         url: str | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(detail, code=code)
         self.status = status
         self.url = url
+        # Seconds the server asked to wait before trying again (its Retry-After), if it did.
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         where = f" from {self.url}" if self.url else ""
@@ -249,7 +254,7 @@ async def post_offer(
     ):
         body = await response.read()
         if response.status != 201:
-            raise _answer_error(url, response.status, response.content_type, body)
+            raise _answer_error(url, response, body)
         location = response.headers.get("Location")
         if not location:
             raise SignallingError("201 answer without a Location header", status=201, url=url)
@@ -278,7 +283,7 @@ async def delete_resource(
     ):
         body = await response.read()
         if response.status >= 300:
-            raise _answer_error(url, response.status, response.content_type, body)
+            raise _answer_error(url, response, body)
 
 
 @contextlib.asynccontextmanager
@@ -294,8 +299,28 @@ async def _http_errors(url: str, request_timeout: float) -> AsyncIterator[None]:
         raise SignallingError(str(exc) or type(exc).__name__, code="unreachable", url=url) from exc
 
 
-def _answer_error(url: str, status: int, content_type: str, body: bytes) -> SignallingError:
-    """The server's JSON ``{"error", "detail"}`` if it sent one, else the start of its body."""
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """An HTTP ``Retry-After`` (RFC 9110 section 10.2.3) as seconds from ``now``: delay-seconds
+    or an HTTP-date. None when absent or unreadable; a date in the past is 0."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(int(value))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": RFC 5322's UTC of unknown origin
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+def _answer_error(url: str, response: aiohttp.ClientResponse, body: bytes) -> SignallingError:
+    """The server's JSON ``{"error", "detail"}`` if it sent one, else the start of its body;
+    with its ``Retry-After``, if any."""
+    status, content_type = response.status, response.content_type
+    retry_after = retry_after_seconds(response.headers.get("Retry-After"))
     code, detail = "http_error", body.decode(errors="replace").strip()[:300] or "(empty body)"
     if content_type == "application/json" or content_type.endswith("+json"):
         with contextlib.suppress(ValueError):
@@ -303,7 +328,7 @@ def _answer_error(url: str, status: int, content_type: str, body: bytes) -> Sign
             if isinstance(data, dict):
                 code = str(data.get("error") or code)
                 detail = str(data.get("detail") or detail)
-    return SignallingError(detail, status=status, code=code, url=url)
+    return SignallingError(detail, status=status, code=code, url=url, retry_after=retry_after)
 
 
 async def wait_for_connection(pc: RTCPeerConnection, within: float) -> None:

@@ -2,7 +2,8 @@
 
 ``Watcher`` offers a recvonly audio + video peer (``Connection``), decodes what arrives with
 aiortc's own receivers, and replaces the connection with backoff (1 s doubling to 10 s) when ICE
-fails, when the server goes away, or when no media arrives although the broadcast is live.
+fails, when the server goes away, or when no media arrives although the broadcast is live; an offer
+the server refused with ``Retry-After`` (a full node, one behind live) waits as long as it asks.
 Which of those applies is decided by ``client.liveness.Liveness``, fed with what happened and when:
 a paused broadcaster is *waiting* (the relay resumes the same connection), a lost connection is
 *reconnecting*. The session's state comes from its live event stream (``follow_session_state``),
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 10.0
+# A server's Retry-After (a full node, one behind live) is honoured up to this long: a venue
+# screen does not sit out an hour because a misconfigured proxy asked it to.
+MAX_RETRY_AFTER_S = 120.0
 HEARTBEAT_EVERY_S = 15.0
 STREAM_READ_TIMEOUT_S = 40.0  # the server pings the event stream every 15 s
 CLOSE_WITHIN_S = 3.0
@@ -270,6 +274,7 @@ class Watcher:
         audio: Callable[[], AudioSink] = SilentSink,
         say: Say = lambda _: None,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep,
     ) -> None:
         self.target = target
         self.status = WatchStatus()
@@ -279,6 +284,8 @@ class Watcher:
         self.first_picture = asyncio.Event()
         self.connected_once = False
         self._http, self._token, self._say, self._clock = http, token, say, clock
+        self._sleep = sleep
+        self._retry_after: float | None = None  # what the last refused offer was told to wait
         self._open_audio = audio
         self._audio: AudioSink | None = None
         self._rate = FrameRate()
@@ -334,8 +341,17 @@ class Watcher:
                 backoff = FIRST_BACKOFF_S if played else backoff
                 self._say(f"reconnecting: {self.liveness.reason}")
             self._set_state("connecting" if first else "reconnecting")
-            await asyncio.sleep(backoff)
+            await self._sleep(self._next_wait(backoff))
             backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    def _next_wait(self, backoff: float) -> float:
+        """The backoff, or longer if the server's last refusal asked for it (Retry-After)."""
+        asked, self._retry_after = self._retry_after, None
+        if asked is None or asked <= backoff:
+            return backoff
+        wait = min(asked, MAX_RETRY_AFTER_S)
+        self._say(f"the server asked to try again in {wait:g} s: {self.status.last_error}")
+        return wait
 
     async def _attempt(self, connection: Connection, *, first: bool) -> tuple[Verdict | None, bool]:
         """Open and follow one connection: (RECONNECT or ENDED, whether it played), or
@@ -347,6 +363,7 @@ class Watcher:
             if isinstance(outcome, WatchError):
                 raise outcome from exc
             self.status.last_error = str(exc)
+            self._retry_after = exc.retry_after
             return outcome, False
         if not first:
             self.status.reconnects += 1

@@ -52,13 +52,15 @@ from attendance.store import Store
 from client.clip import read_frame_number
 from client.loadtest import CountingViewer
 from client.publisher import Publication, publish
+from client.watch import Watcher as Player
+from client.watch import parse_target
 from server.app import STATE_RECORDER
 from server.relay.codecs import MAX_SDP_BYTES
 from server.relay.feedback import MIN_INTERVAL_S
 from server.relay.ice import rtc_configuration
 from server.relay.wire import AiortcChanged, check_internals
 from server.tokens import TokenRole
-from server.whip import RELAY
+from server.whip import RELAY, RETRY_AFTER_FULL_S
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 CODECS = pytest.mark.parametrize("codec", ["vp8", "h264"])
@@ -874,6 +876,42 @@ async def test_whep_is_503_with_retry_after_when_the_node_is_full(
         assert r.status == 201, await r.text()
         assert r.content_type == "application/sdp"
         assert r.headers["Location"].startswith(f"/whep/{stage.session_id}/")
+
+
+@SQLITE_ONLY
+async def test_watch_waits_as_long_as_a_full_node_asks_then_plays(
+    store: Store, tmp_path: Path, now: datetime
+) -> None:
+    async with relay_stage(store, tmp_path, now, "vp8", max_viewers=1) as stage:
+        await stage.publish()
+        first = await stage.watch(connect=False)  # the node's one place
+        waits: list[float] = []
+        said: list[str] = []
+
+        async def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            if len(waits) == 1:  # the place frees while the player waits
+                await first.hang_up(stage.http, stage.viewer_token)
+
+        url = stage.url(f"/whep/{stage.session_id}")
+        player = Player(
+            stage.http,
+            parse_target(url, stage.viewer_token),
+            stage.viewer_token,
+            say=said.append,
+            sleep=sleep,
+        )
+        task = asyncio.create_task(player.run())
+        try:
+            await wait_for(lambda: player.status.frames > 10, 20, "frames after the wait")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        # The first refusal's Retry-After (30 s), not the first backoff (1 s); then it played.
+        assert waits == [RETRY_AFTER_FULL_S]
+        assert len(said) == 1 and said[0].startswith("the server asked to try again in 30 s:")
+        assert "HTTP 503 overloaded" in said[0] and "maximum of 1 viewers" in said[0]
+        assert player.status.state == "playing"
 
 
 # --- defects found by these tests, fixed since ----------------------------------------------

@@ -46,7 +46,7 @@ from client.audio import (
 )
 from client.clip import draw_frame, read_frame_number
 from client.liveness import Liveness, Verdict
-from client.publisher import SignallingError
+from client.publisher import SignallingError, retry_after_seconds
 from client.screen import CheckinCode, compose
 from client.watch import Target, WatchError, judge, parse_target
 from server.relay.ice import advertise_addresses
@@ -209,6 +209,16 @@ def test_failed_offers_are_judged_final_or_retried() -> None:
     assert outcome(None, "unreachable") is None
     assert outcome(409, "session_ended", first=True) == "session_ended"
     assert outcome(409, "session_ended") is Verdict.ENDED
+
+
+def test_retry_after_is_read_as_seconds_or_as_a_date() -> None:
+    now = datetime(2026, 12, 7, 22, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("30", now) == 30.0
+    assert retry_after_seconds(" 5 ", now) == 5.0
+    assert retry_after_seconds("Mon, 07 Dec 2026 22:01:30 GMT", now) == 90.0
+    assert retry_after_seconds("Mon, 07 Dec 2026 21:00:00 GMT", now) == 0.0  # already past
+    for unreadable in (None, "", "soon", "-5", "1.5", "\u0663\u0660"):  # "٣٠": digits, not ASCII
+        assert retry_after_seconds(unreadable, now) is None, unreadable
 
 
 def test_sound_is_buffered_briefly_and_converted_to_s16_stereo() -> None:
