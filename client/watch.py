@@ -54,7 +54,7 @@ FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 10.0
 # A server's Retry-After (a full node, one behind live) is honoured up to this long: a venue
 # screen does not sit out an hour because a misconfigured proxy asked it to.
-MAX_RETRY_AFTER_S = 120.0
+MAX_RETRY_AFTER_S = 150.0  # as the pages (whep.js: 5 x its 30 s backoff cap)
 HEARTBEAT_EVERY_S = 15.0
 STREAM_READ_TIMEOUT_S = 40.0  # the server pings the event stream every 15 s
 CLOSE_WITHIN_S = 3.0
