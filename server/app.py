@@ -37,7 +37,11 @@ from server import (
     whip,
 )
 from server.auth import CLOCK, LOGIN_BRAKE, SETTINGS, STORE, LoginBrake, public
-from server.broadcast_state import BroadcastStateRecorder, follow_ended_sessions
+from server.broadcast_state import (
+    BroadcastStateRecorder,
+    follow_ended_sessions,
+    pause_broadcasts_left_live,
+)
 from server.callers import MEMBERS, MemberCache
 from server.http_errors import error_middleware
 from server.ingest_queue import IngestQueue
@@ -228,6 +232,13 @@ async def _relay_lifetime(app: web.Application) -> AsyncIterator[None]:
     except StoreError as exc:
         # The server still starts (and says it is unhealthy); the next start tries again.
         log.error("could not complete recordings left open: %s", exc.detail)
+    if not settings.is_edge:
+        # Broadcasts the run before left live are paused as of its last sign (read before this
+        # run's reporter overwrites it, and after the recordings' ends are known).
+        try:
+            await pause_broadcasts_left_live(app[STORE], app[CLOCK], settings.resolved_node_name())
+        except StoreError as exc:
+            log.error("could not pause the broadcasts left live: %s", exc.detail)
     app[RECORDINGS].start()
     store, relay, clock = app[STORE], app[RELAY], app[CLOCK]
     tasks = [

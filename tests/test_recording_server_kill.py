@@ -1,6 +1,7 @@
 """A ``kill -9`` of the real server in the middle of a recording leaves a segment file that plays
 to within a few seconds of the kill, and the server's next start completes the segment's
-catalogue row from that file (end, duration, size, SHA-256), as the recordings API then shows.
+catalogue row from that file (end, duration, size, SHA-256), as the recordings API then shows,
+and pauses the broadcast the kill left live as of about the kill, not of the next start.
 
 The server is ``studycast serve`` in a process group of its own, prepared with the commands an
 organiser would use (``session create`` gives the WHIP token, ``user add`` the login that reads
@@ -20,7 +21,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import IO, Any
@@ -31,10 +32,11 @@ import pytest
 from relay_support import CLIP_FPS, PASSWORD, shared_clip, wait_for
 from sqlalchemy import select
 
-from attendance.models import Recording
+from attendance.models import AttendanceEvent, Recording
 from attendance.store import Store
 from client.clip import read_frame_number
 from client.publisher import publish
+from server.broadcast_state import RESTART_REASON
 from server.settings import Settings
 
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -47,6 +49,7 @@ STOP_TIMEOUT_S = 15.0
 PUBLISH_S = 6.0
 # What a kill may cost: the cluster being built (closed every second) and what was queued.
 ALLOWED_LOSS_S = 3.0
+OUTAGE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -168,6 +171,22 @@ async def running_server(place: Place, name: str) -> AsyncIterator[Server]:
         log.close()
 
 
+async def broadcast_changes(database_url: str, session_id: int) -> list[dict[str, Any]]:
+    store = Store(database_url)
+    try:
+        async with store.read() as db:
+            rows = await db.scalars(
+                select(AttendanceEvent.payload)
+                .where(
+                    AttendanceEvent.session_id == session_id, AttendanceEvent.kind == "broadcast"
+                )
+                .order_by(AttendanceEvent.id)
+            )
+            return [dict(r) for r in rows]
+    finally:
+        await store.close()
+
+
 async def catalogue_rows(database_url: str, session_id: int) -> list[Recording]:
     store = Store(database_url)
     try:
@@ -252,6 +271,7 @@ async def test_a_server_killed_mid_recording_leaves_a_readable_file_completed_on
                         await asyncio.sleep(0.25)
                         sizes.append(segment.stat().st_size)
                 published = publication.video.packets_sent
+                killed_at = datetime.now(UTC)
                 status = await server.kill()
             finally:
                 await publication.pc.close()
@@ -282,6 +302,7 @@ async def test_a_server_killed_mid_recording_leaves_a_readable_file_completed_on
         assert decoded.audio_s >= published_s - ALLOWED_LOSS_S, (decoded.audio_s, published_s)
 
         # The next start completes the row from the file, and leaves the file as it was.
+        await asyncio.sleep(OUTAGE_S)  # the outage: no live time
         async with running_server(place, "second-run") as again:
             async with http.post(
                 f"{again.base}/api/login", json={"username": "olga", "password": PASSWORD}
@@ -294,6 +315,9 @@ async def test_a_server_killed_mid_recording_leaves_a_readable_file_completed_on
             async with http.get(f"{base}/0/file") as r:
                 assert r.status == 200
                 served = await r.read()
+            async with http.get(f"{again.base}/api/sessions/{session_id}") as r:
+                assert r.status == 200, await r.text()
+                state_after = (await r.json())["state"]
             assert await again.stop() == 0, again.log()
 
     [row] = listing["segments"]
@@ -318,3 +342,15 @@ async def test_a_server_killed_mid_recording_leaves_a_readable_file_completed_on
         row["duration_s"],
     )
     assert recovered.deleted_at is None
+
+    # The broadcast the kill left live is paused as of its last sign (the recording's end, or
+    # the node's last report), before the kill and not at the next start.
+    assert state_after == "paused"
+    changes = await broadcast_changes(database_url, session_id)
+    assert [c["state"] for c in changes] == ["live", "paused"], changes
+    assert changes[1]["reason"] == RESTART_REASON
+    paused_at = datetime.fromisoformat(changes[1]["at"])
+    assert killed_at - timedelta(seconds=ALLOWED_LOSS_S + 3) <= paused_at <= killed_at, (
+        paused_at,
+        killed_at,
+    )
