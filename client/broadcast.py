@@ -336,10 +336,16 @@ class Broadcaster:
                     tx.setCodecPreferences(audio_codec_preferences())
             assert video_tx is not None
             await pc.setLocalDescription(await pc.createOffer())
+            url = self.whip_url
+            if self.status.resource_url is not None:
+                # A reconnect says which connection it replaces: if another broadcaster took
+                # that one over, the server refuses (taken_over) instead of handing it back.
+                previous = URL(self.status.resource_url).name
+                url = str(URL(self.whip_url).update_query(reconnect=previous))
             try:
                 answer, resource_url = await post_offer(
                     self._http,
-                    self.whip_url,
+                    url,
                     self._token,
                     pc.localDescription.sdp,
                     request_timeout=self._request_timeout,
@@ -395,6 +401,11 @@ class Broadcaster:
             return PublishFailed(f"the server refused the token (HTTP {status} {code})")
         if status == 409 and code == "session_ended":
             return _SessionEnded(detail)
+        if status == 409 and code == "taken_over":
+            return PublishFailed(
+                f"another broadcaster took this session over: {detail} "
+                "(run the command again to take it back)"
+            )
         if status >= 500 or status == 429:
             return _Retry(f"the server answered HTTP {status} {code}: {detail}")
         if status == 404:

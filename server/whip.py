@@ -9,6 +9,7 @@ so a page or tool on another origin can publish or play.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -16,7 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from sqlalchemy import select
 
-from attendance.errors import Conflict, NotFound
+from attendance.errors import Conflict, InvalidInput, NotFound
 from attendance.models import SessionState, StudySession
 from recordings import Recordings
 from server.auth import CLOCK, SETTINGS, STORE, public
@@ -52,6 +53,9 @@ CORS_HEADERS = {
     "Access-Control-Expose-Headers": "Location, ETag, Link, Accept-Post",
     "Access-Control-Max-Age": "600",
 }
+
+# A broadcaster connection's resource id (``secrets.token_urlsafe(12)``, maybe a worker prefix).
+_RESOURCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 routes = web.RouteTableDef()
 
@@ -122,6 +126,20 @@ def _created(location: str, answer: str) -> web.Response:
     )
 
 
+def _reconnect(request: web.Request) -> str | None:
+    """``?reconnect=RESOURCE``: the broadcaster connection this client had before (our pages
+    and ``studycast publish`` say so when they reconnect; other WHIP clients do not)."""
+    value = request.query.get("reconnect")
+    if value is None:
+        return None
+    if not _RESOURCE.fullmatch(value):
+        raise InvalidInput(
+            "reconnect must be the resource id of this client's previous connection "
+            "(the last part of its Location)"
+        )
+    return value
+
+
 @routes.post("/whip/{session_id}")
 @public  # authenticated by the broadcaster token
 async def whip_publish(request: web.Request) -> web.Response:
@@ -131,12 +149,13 @@ async def whip_publish(request: web.Request) -> web.Response:
     if EDGE_FEEDS in request.config_dict:
         # The broadcaster belongs to the origin: an edge passes the offer on.
         return await _to_origin(request)
+    reconnect = _reconnect(request)
     hub = await _session_hub(request, session_id)
     # Every broadcaster connection is recorded while the session's recording switch is on.
     await request.config_dict[RECORDINGS].attach(hub)
     try:
         offer = await _read_offer(request)
-        resource, answer = await hub.add_broadcaster(offer)
+        resource, answer = await hub.add_broadcaster(offer, reconnect)
     finally:
         request.config_dict[RELAY].prune(session_id)
     log.info("session %s: broadcaster %s connected", session_id, resource)
@@ -198,7 +217,7 @@ async def _pass_on(request: web.Request, base_url: str) -> web.Response:
     try:
         async with request.config_dict[PEER_HTTP].request(
             request.method,
-            base_url + request.rel_url.path,
+            base_url + request.rel_url.path_qs,
             data=body,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S),

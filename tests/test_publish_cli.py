@@ -37,7 +37,7 @@ from av.video.frame import PictureType
 from web_session_support import STUDYCAST, DemoServer, Organiser, demo_server, wait_until
 
 from attendance.errors import InvalidInput
-from client.broadcast import Broadcaster, Status, events_url, next_delay
+from client.broadcast import Broadcaster, PublishFailed, Status, events_url, next_delay
 from client.clip import draw_frame, read_frame_number
 from client.outbox import Outbox
 from client.publisher import delete_resource, post_offer
@@ -467,6 +467,57 @@ async def test_the_status_and_its_record_while_live(
     # first periodic report, always by a later one.
     assert "rtt_ms" in periodic[-1], periodic
     assert all(e["source"] == "numbered.mp4" for e in events)
+
+
+@pytest.mark.slow
+async def test_two_broadcasters_do_not_take_a_session_from_each_other(
+    server: DemoServer, organiser: Organiser, clips: dict[str, Path]
+) -> None:
+    """The second ``publish`` of one session takes it over; the first one's reconnect is
+    refused (it was replaced, not cut off) and it ends saying so, instead of taking the session
+    back and being taken over again, for ever. Run again, it takes the session back."""
+    links = await asyncio.to_thread(new_session, organiser, "vp8")
+    sources = [FileSource(clips["vp8"], loop=True) for _ in range(3)]
+    for source in sources:
+        await source.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            def broadcaster(source: FileSource) -> Broadcaster:
+                return Broadcaster(
+                    links["whip_url"], links["whip_token"], source, http=http, bitrate=1_000_000
+                )
+
+            async def live(b: Broadcaster) -> None:
+                async with asyncio.timeout(WAIT):
+                    while b.status.state != "live":  # noqa: ASYNC110 (a status field)
+                        await asyncio.sleep(0.1)
+
+            first, second = broadcaster(sources[0]), broadcaster(sources[1])
+            first_run = asyncio.create_task(first.run())
+            await live(first)
+            second_run = asyncio.create_task(second.run())
+            await live(second)
+            async with asyncio.timeout(WAIT):
+                with pytest.raises(PublishFailed, match="another broadcaster took this session"):
+                    await first_run
+            assert "connect again without reconnect= to take it back" in str(first_run.exception())
+            assert first.status.history[:3] == ["connecting", "live", "reconnecting"]
+            await asyncio.sleep(3)  # the second one stays, untouched
+            assert second.status.state == "live" and second.status.reconnects == 0
+
+            again = broadcaster(sources[2])  # the first device, run again: takes it back
+            again_run = asyncio.create_task(again.run())
+            await live(again)
+            async with asyncio.timeout(WAIT):
+                with pytest.raises(PublishFailed, match="another broadcaster took this session"):
+                    await second_run
+            again.stop("done")
+            async with asyncio.timeout(WAIT):
+                assert await again_run == "done"
+    finally:
+        for source in sources:
+            await source.close()
 
 
 ERRORS = {

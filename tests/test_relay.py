@@ -586,15 +586,16 @@ async def test_connect_close_cycles_leave_nothing_behind(
 # --- WHIP/WHEP errors: status, JSON body, CORS -------------------------------------------------
 
 
-async def offer_sdp(video: list[str] | None = None) -> str:
-    """A real aiortc offer (recvonly video and audio), optionally limited to some video codecs."""
+async def offer_sdp(video: list[str] | None = None, direction: str = "recvonly") -> str:
+    """A real aiortc offer (video and audio, recvonly: a viewer's), optionally limited to some
+    video codecs."""
     pc = RTCPeerConnection(rtc_configuration())
     try:
-        transceiver = pc.addTransceiver("video", direction="recvonly")
+        transceiver = pc.addTransceiver("video", direction=direction)
         if video is not None:
             caps = [c for c in transceiver.receiver.getCapabilities("video").codecs]
             transceiver.setCodecPreferences([c for c in caps if c.name in video])
-        pc.addTransceiver("audio", direction="recvonly")
+        pc.addTransceiver("audio", direction=direction)
         await pc.setLocalDescription(await pc.createOffer())
         return str(pc.localDescription.sdp)
     finally:
@@ -745,6 +746,28 @@ async def test_whip_and_whep_errors(stage: Stage, now: datetime) -> None:
             whip,
             {"data": h264_only, "auth": broadcaster},
             (400, "unsupported_codec", vp8_only.format("broadcaster")),
+        ),
+        (
+            "POST",
+            whip,
+            {"data": offer, "auth": broadcaster},
+            (
+                400,
+                "bad_sdp",
+                "the broadcaster's offer does not send video (it is recvonly): a WHIP offer "
+                "is sendonly",
+            ),
+        ),
+        (
+            "POST",
+            f"{whip}?reconnect=a%20b",
+            {"data": offer, "auth": broadcaster},
+            (
+                400,
+                "invalid_input",
+                "reconnect must be the resource id of this client's previous connection (the "
+                "last part of its Location)",
+            ),
         ),
         (
             "DELETE",
@@ -912,6 +935,48 @@ async def test_watch_waits_as_long_as_a_full_node_asks_then_plays(
         assert len(said) == 1 and said[0].startswith("the server asked to try again in 30 s:")
         assert "HTTP 503 overloaded" in said[0] and "maximum of 1 viewers" in said[0]
         assert player.status.state == "playing"
+
+
+@SQLITE_ONLY
+async def test_a_reconnect_of_a_broadcaster_taken_over_is_refused(
+    store: Store, tmp_path: Path, now: datetime
+) -> None:
+    """Two devices broadcasting one session must not take it from each other for ever: a
+    reconnect names the connection it replaces, and is refused if another one took it over."""
+    async with relay_stage(store, tmp_path, now, "vp8") as stage:
+        first = await stage.publish()
+        await first.wait_connected(10)
+        second = await stage.publish()  # another device (a WHIP client naming nothing)
+        await second.wait_connected(10)
+        a, b = (URL(p.resource_url).name for p in (first, second))
+        whip = f"/whip/{stage.session_id}"
+        token = stage.token(TokenRole.BROADCASTER)
+        offer = await offer_sdp(direction="sendonly")
+
+        async def reconnect(query: str) -> tuple[int, Any]:
+            return await answer(stage, "POST", f"{whip}?{query}", data=offer, auth=token)
+
+        status, body = await reconnect(f"reconnect={a}")
+        assert status == 409 and body["error"] == "taken_over", body
+        assert f"took session {stage.session_id} over" in body["detail"]
+        assert stage.hub.ingest is not None and stage.hub.ingest.resource_id == b
+        # A malformed name is refused as such, before anything is negotiated.
+        for bad in ("reconnect=", "reconnect=../x", "reconnect=" + "x" * 65):
+            status, body = await reconnect(bad)
+            assert (status, body["error"]) == (400, "invalid_input"), (bad, body)
+            assert "reconnect must be the resource id" in body["detail"]
+        # The current broadcaster's own reconnect (cut off, not replaced) replaces it as ever,
+        # and does not mark it taken over: its next reconnect is accepted too.
+        status, _ = await reconnect(f"reconnect={b}")
+        assert status == 201
+        c = stage.hub.ingest.resource_id
+        assert b not in stage.hub.taken_over and a in stage.hub.taken_over
+        status, _ = await reconnect(f"reconnect={c}")
+        assert status == 201
+        # A plain offer (a new start, or OBS) takes the session whoever has it.
+        status, _ = await answer(stage, "POST", whip, data=offer, auth=token)
+        assert status == 201
+        assert stage.hub.broadcasters_seen == 5
 
 
 # --- defects found by these tests, fixed since ----------------------------------------------

@@ -61,6 +61,7 @@ initI18n({
     'console.pub.reconnecting': 'connection lost, reconnecting…',
     'console.pub.stopped': 'stopped',
     'console.pub.failed': 'refused: {detail}',
+    'console.pub.taken_over': 'another device took over this broadcast; Go live takes it back',
     'console.dashboard': 'Live dashboard',
     'console.broadcaster': 'Broadcaster',
     'console.health': 'Stream',
@@ -187,6 +188,7 @@ initI18n({
     'console.pub.reconnecting': '连接中断，正在重连…',
     'console.pub.stopped': '已停止',
     'console.pub.failed': '被拒绝：{detail}',
+    'console.pub.taken_over': '另一台设备接管了本次直播；点击“开始直播”可收回',
     'console.dashboard': '实时看板',
     'console.broadcaster': '主播端',
     'console.health': '流状态',
@@ -774,7 +776,7 @@ function renderPublisher() {
   const s = state.publishState;
   $('publish-state').textContent = t('console.pub.' + s, { detail: state.publishError?.detail || '' });
   $('publish-state').dataset.state = s;
-  const active = state.publisher !== null && !['stopped', 'failed'].includes(s);
+  const active = state.publisher !== null && !['stopped', 'failed', 'taken_over'].includes(s);
   $('publish-stop').disabled = !active;
   $('publish-start').disabled = active || state.session?.state === 'ended';
   const st = state.publishStats;

@@ -6,7 +6,10 @@
 //
 // States, in order: 'idle' → 'connecting' → 'live'; on failure 'reconnecting' (with backoff,
 // the same stream republished) and back to 'live'; 'stopped' at the end; 'failed' when the
-// server refuses the offer for good (a 4xx other than 429). onStats gets
+// server refuses the offer for good (a 4xx other than 429); 'taken_over' when another
+// broadcaster connection replaced this one (a reconnect names the connection it replaces, and
+// the server refuses it then: two devices do not take the session from each other for ever;
+// start() again takes it back). onStats gets
 // {bitrateBps, fps, rttMs, packetsSent, width, height} every statsIntervalMs.
 
 const GATHER_TIMEOUT_MS = 3000;
@@ -14,10 +17,11 @@ const BACKOFF_MS = [1000, 2000, 4000, 8000, 15000];
 
 /** A WHIP request that failed: status 0 when the server could not be reached. */
 export class WhipError extends Error {
-  constructor(status, detail) {
+  constructor(status, detail, code = null) {
     super(detail || 'WHIP request failed (' + status + ')');
     this.status = status;
     this.detail = detail;
+    this.code = code;
   }
 
   /** Whether trying again may help (network trouble, overload, server errors). */
@@ -82,6 +86,7 @@ export class WhipPublisher {
   async start(stream) {
     this.stream = stream;
     this._stopped = false;
+    this.resource = null; // a new start takes the session, even from another broadcaster
     this._setState('connecting');
     try {
       await this._connect();
@@ -113,9 +118,17 @@ export class WhipPublisher {
     });
     await pc.setLocalDescription(await pc.createOffer());
     await waitForGathering(pc);
+    let url = this.url;
+    if (this.resource) {
+      // A reconnect: name the connection it replaces (refused if another one took it over).
+      const previous = new URL(this.resource).pathname.split('/').pop();
+      const u = new URL(this.url, window.location.href);
+      u.searchParams.set('reconnect', previous);
+      url = u.href;
+    }
     let response;
     try {
-      response = await fetch(this.url, {
+      response = await fetch(url, {
         method: 'POST',
         headers: { 'Content-Type': 'application/sdp', Authorization: 'Bearer ' + this.token },
         body: pc.localDescription.sdp,
@@ -124,9 +137,12 @@ export class WhipPublisher {
     } catch {
       throw new WhipError(0, 'the server cannot be reached');
     }
-    if (response.status !== 201) throw new WhipError(response.status, await errorDetail(response));
+    if (response.status !== 201) {
+      const { detail, code } = await errorBody(response);
+      throw new WhipError(response.status, detail, code);
+    }
     const location = response.headers.get('Location');
-    this.resource = location ? new URL(location, this.url).href : null;
+    this.resource = location ? new URL(location, url).href : null;
     const answer = await response.text();
     if (pc !== this.pc) return; // stopped or replaced meanwhile
     await pc.setRemoteDescription({ type: 'answer', sdp: answer });
@@ -138,7 +154,7 @@ export class WhipPublisher {
     this._stopStats();
     if (error instanceof WhipError && !error.retryable) {
       this._closePeer();
-      this._setState('failed', error);
+      this._setState(error.code === 'taken_over' ? 'taken_over' : 'failed', error);
       return;
     }
     this._setState('reconnecting', error);
@@ -244,12 +260,12 @@ function waitForGathering(pc) {
   });
 }
 
-async function errorDetail(response) {
+async function errorBody(response) {
   const text = await response.text().catch(() => '');
   try {
     const body = JSON.parse(text);
-    return body.detail || body.error || text;
+    return { detail: body.detail || body.error || text, code: body.error || null };
   } catch {
-    return text || response.statusText;
+    return { detail: text || response.statusText, code: null };
   }
 }

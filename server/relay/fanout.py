@@ -24,6 +24,10 @@ SILENCE_S = 5.0
 # A viewer still without a keyframe this long after asking asks again (the PLI may be lost).
 KEYFRAME_RETRY_S = 1.0
 WATCH_INTERVAL_S = 0.5
+# Broadcaster connections another connection took over (not their own reconnect) are
+# remembered, so that their reconnect is refused instead of taking the session back: two
+# devices broadcasting one session would otherwise replace each other for ever.
+TAKEN_OVER_KEPT = 32
 
 StateListener = Callable[[int, str], None]
 
@@ -82,13 +86,27 @@ class SessionRelay:
         self.taps: list[MediaTap] = []
         self.overload = OverloadGuard(behind_bytes)
         self._shedding: set[str] = set()  # viewers being closed for it
+        self.taken_over: dict[str, float] = {}  # resource id -> when (monotonic), oldest first
 
     # -- broadcaster --------------------------------------------------------------------------
 
-    async def add_broadcaster(self, offer_sdp: str) -> tuple[str, str]:
-        """Accept a broadcaster; a live one is replaced (that is how broadcasters reconnect)."""
+    async def add_broadcaster(
+        self, offer_sdp: str, reconnect: str | None = None
+    ) -> tuple[str, str]:
+        """Accept a broadcaster; a live one is replaced (that is how broadcasters reconnect).
+
+        ``reconnect``: the resource of the connection this client had before. If another
+        connection took that one over, this is refused (``taken_over``): the client was
+        replaced, not cut off, and must not take the session back by itself."""
         if self.state == "ended":
             raise Conflict("the session has ended", code="session_ended")
+        if reconnect is not None and reconnect in self.taken_over:
+            ago = time.monotonic() - self.taken_over[reconnect]
+            raise Conflict(
+                f"another broadcaster connection took session {self.session_id} over "
+                f"{ago:.0f} s ago; connect again without reconnect= to take it back",
+                code="taken_over",
+            )
         ingest = Ingest(
             resource_id=secrets.token_urlsafe(12),
             session_codec=self.video_codec,
@@ -102,7 +120,12 @@ class SessionRelay:
         except BaseException:
             await ingest.close()
             raise
+        previous = self.ingest
         await self.take_source(ingest)
+        if previous is not None and previous.resource_id != reconnect:
+            self.taken_over[previous.resource_id] = time.monotonic()
+            while len(self.taken_over) > TAKEN_OVER_KEPT:
+                del self.taken_over[next(iter(self.taken_over))]
         return ingest.resource_id, answer
 
     def next_epoch(self) -> int:

@@ -80,6 +80,13 @@ class Ingest:
         has_audio = codecs.check_audio(description, "broadcaster")
         if profile is None:
             raise InvalidInput("the broadcaster offers no video", code="unsupported_codec")
+        direction = next(m.direction for m in description.media if m.kind == "video")
+        if direction not in (None, "sendonly", "sendrecv"):
+            raise InvalidInput(
+                f"the broadcaster's offer does not send video (it is {direction}): a WHIP "
+                "offer is sendonly",
+                code="bad_sdp",
+            )
         # Transceivers made before the offer is applied are the ones it binds to, so their codec
         # preferences decide the answer.
         video = self.pc.addTransceiver("video", direction="recvonly")
