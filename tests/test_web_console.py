@@ -21,8 +21,9 @@ from console_support import (
     send_event,
     token_of,
 )
-from relay_support import Watcher
+from relay_support import Watcher, shared_clip
 
+from client.publisher import publish
 from server.relay.ice import advertise_addresses
 
 pytestmark = pytest.mark.slow
@@ -244,6 +245,82 @@ async def _run_console(
     await page.locator("#s-state.is-ended").wait_for(timeout=WAIT_MS)
     async with http.get(f"{base}/api/sessions/{session_id}") as r:
         assert (await r.json())["state"] == "ended"
+
+
+async def test_a_broadcast_taken_over_by_another_device_says_so_and_is_taken_back(
+    server: DemoServer, browser: Any, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """Another broadcaster (here aiortc, as OBS would) takes the session from the console: the
+    console does not take it back by itself (they would replace each other for ever), says why
+    in the page's language, and Go live takes it back."""
+    base = server.base
+    context = await browser.new_context(locale="zh-CN")
+    page = await context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    advertise_addresses(["127.0.0.1"])
+    other = None
+    try:
+        await log_in(page, server)
+        if "console.html" not in page.url:
+            await page.goto(f"{base}/console.html")
+        row = page.locator("#sessions-body tr").first
+        await row.wait_for(timeout=WAIT_MS)
+        await row.locator("a").click()
+        await page.locator("#whip-url").wait_for(timeout=WAIT_MS)
+        whip_url = await page.input_value("#whip-url")
+        whip_token = await page.input_value("#whip-token")
+        session_path = "/api/sessions/" + whip_url.rsplit("/", 1)[1]
+        await api_login(http, base, "organiser", server.passwords["organiser"])
+
+        async def broadcaster() -> dict[str, Any]:
+            async with http.get(f"{base}{session_path}/stats") as r:
+                stats: dict[str, Any] = await r.json()
+            return stats
+
+        await page.click("#publish-start")
+        await page.locator("#publish-state[data-state=live]").wait_for(timeout=WAIT_MS)
+        await poll(
+            lambda: _true_after(broadcaster(), lambda s: s["broadcaster"] is not None),
+            20,
+            "the console's broadcast",
+        )
+        seen_before = (await broadcaster())["broadcasters_seen"]
+
+        other = await publish(whip_url, whip_token, shared_clip("h264"), http=http)
+        await other.wait_connected(10)
+        state = page.locator("#publish-state[data-state=taken_over]")
+        await state.wait_for(timeout=30_000)
+        assert "另一台设备接管了本次直播" in await state.inner_text()
+        assert not await page.is_disabled("#publish-start")
+        # It stays taken over: the other device keeps the session.
+        await asyncio.sleep(4)
+        assert await page.get_attribute("#publish-state", "data-state") == "taken_over"
+        stats = await broadcaster()
+        assert stats["broadcasters_seen"] == seen_before + 1, stats
+        assert other.pc.connectionState == "connected"
+        await page.screenshot(path=str(tmp_path / "console-taken-over.png"), full_page=True)
+
+        # Go live takes it back; the other device's connection is closed.
+        await page.click("#publish-start")
+        await page.locator("#publish-state[data-state=live]").wait_for(timeout=WAIT_MS)
+        await poll(
+            lambda: _true(other is not None and other.pc.connectionState != "connected"),
+            20,
+            "the other device's connection to be closed",
+        )
+        assert (await broadcaster())["broadcasters_seen"] == seen_before + 2
+    finally:
+        if other is not None:
+            await other.pc.close()
+        await context.close()
+    assert errors == [], errors
+
+
+async def _true_after(
+    pending: Awaitable[dict[str, Any]], check: Callable[[dict[str, Any]], bool]
+) -> bool:
+    return check(await pending)
 
 
 async def _true(value: bool) -> bool:
