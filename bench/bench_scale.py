@@ -3,7 +3,7 @@ what an edge costs its origin against what a viewer costs it.
 
 1. **Capacity.** For W in (1, 2), in the same run: a fresh PostgreSQL database, ``studycast
    serve --workers W --demo`` on a free 127.0.0.1 port, the demo session switched to VP8, a paced
-   pre-encoded 640x480 30 fps VP8 + Opus clip published over WHIP (``bench_relay``'s publisher
+   pre-encoded 640x480 30 fps VP8 + Opus clip published over WHIP (``clip_publisher``'s publisher
    process), then load viewers added in steps (``--start``, then ``--step`` more every
    ``--interval`` seconds). In each step the new viewers join over the first seconds, and every
    viewer's video frames are counted over a window at the end of the step. A step is served when
@@ -86,16 +86,10 @@ for _path in (str(REPO), str(BENCH)):  # run as a script from anywhere
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from bench_relay import (  # noqa: E402 (after the path set-up)
-    CHILDREN,
-    FPS,
-    STUDYCAST,
-    BenchError,
-    Publisher,
-    loadavg,
-    wait_until,
-)
+from children import CHILDREN, STUDYCAST, BenchError, wait_until  # noqa: E402
+from clip_publisher import FPS, Publisher  # noqa: E402
 from core_scaling import core_scaling, describe  # noqa: E402
+from procfs import loadavg  # noqa: E402
 from scale_load import LoadPlan, LoadProcesses  # noqa: E402
 from scale_report import (  # noqa: E402
     capacity_summary,

@@ -28,7 +28,7 @@ for _path in (str(REPO), str(BENCH)):  # run as a script from anywhere
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from bench_relay import (  # noqa: E402 (after the path set-up)
+from children import (  # noqa: E402 (after the path set-up)
     CHILDREN,
     ICE_ADDRESS,
     TOKEN_ENV,

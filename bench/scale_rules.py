@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench_relay import FPS
+from clip_publisher import FPS
 
 GOOD_FPS_SHARE = 0.95  # a viewer is served at >= 95 % of the published frame rate
 DRAIN_SHARE = 1.05  # above this after a failed step: a backlog drained, not a relay keeping up

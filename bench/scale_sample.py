@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_relay import cpu_seconds, loadavg, machine_ticks, udp_drops, udp_rows
+from procfs import cpu_seconds, loadavg, machine_ticks, udp_drops, udp_rows
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.workers import PLAN_ENV, WorkerPlan

@@ -18,15 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench_relay import (
-    CHILDREN,
-    ICE_ADDRESS,
-    STUDYCAST,
-    BenchError,
-    Children,
-    child_env,
-    tail,
-)
+from children import CHILDREN, ICE_ADDRESS, STUDYCAST, BenchError, Children, child_env, tail
 from scale_sample import process_tree
 
 SECRET = "bench-scale-fixed-secret-key-0123456789abcdef"  # shared by origin, workers and edges
