@@ -171,7 +171,7 @@ async def whep_play(request: web.Request) -> web.Response:
     relay = request.config_dict[RELAY]
     hub = await _session_hub(request, session_id)
     if hub.overload.behind:
-        hub.overload.refused += 1
+        hub.overload.refuse()
         raise Overloaded(
             f"session {session_id} is behind live on this node "
             f"({(hub.overload.backlog or 0) // 1024} KB of its media queued unread): "

@@ -90,6 +90,10 @@ class OverloadGuard:
     shed: int = 0
     _behind_since: float | None = field(default=None, repr=False)
 
+    def refuse(self) -> None:
+        """A viewer turned away while behind live (counted for the metrics and stats)."""
+        self.refused += 1
+
     def observe(self, queue: SocketQueue | None, now: float, viewers: int) -> int:
         self.backlog = None if queue is None else queue.queued
         if not self.behind_bytes or queue is None:
