@@ -46,6 +46,7 @@ CLOCK_RATES = {"audio": 48_000, "video": 90_000}
 H264_PROFILE_LEVEL_ID = "42e01f"  # constrained baseline 3.1: what make_clip produces
 DEFAULT_MAX_LAG = 0.5  # seconds late before a schedule moves instead of bursting
 DEFAULT_REQUEST_TIMEOUT = 10.0
+YEAR_S = 365 * 86_400
 
 
 class SignallingError(StudycastError):
@@ -306,7 +307,8 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return float(int(value))
+        # A year at most (callers cap it far lower): int() of thousands of digits would raise.
+        return float(int(value)) if len(value) <= 8 else float(YEAR_S)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):

@@ -160,17 +160,20 @@ def paused_at(
     return min(at, now)
 
 
-def _broadcast_elsewhere(nodes: Iterable[Node], now: datetime) -> dict[int, str]:
-    """Sessions whose broadcaster another origin, heard from lately, says it holds."""
-    held: dict[int, str] = {}
+def _held_elsewhere(nodes: Iterable[Node]) -> dict[int, Node]:
+    """Per session, the other origin that last said it holds the session's broadcaster."""
+    held: dict[int, Node] = {}
     for other in nodes:
-        if other.role != "origin" or now - as_utc(other.seen_at) > OFFLINE_AFTER:
+        if other.role != "origin":
             continue
         sessions = other.status.get("sessions") if isinstance(other.status, dict) else None
         for key, served in (sessions or {}).items():
-            if isinstance(served, dict) and served.get("source") == "broadcaster":
-                with contextlib.suppress(ValueError):
-                    held[int(key)] = other.name
+            if not (isinstance(served, dict) and served.get("source") == "broadcaster"):
+                continue
+            with contextlib.suppress(ValueError):
+                sid = int(key)
+                if sid not in held or as_utc(held[sid].seen_at) < as_utc(other.seen_at):
+                    held[sid] = other
     return held
 
 
@@ -199,18 +202,20 @@ async def pause_broadcasts_left_live(store: Store, clock: Clock, node: str) -> l
             return done
         row = await db.get(Node, node)
         seen = as_utc(row.seen_at) if row is not None else None
-        elsewhere = _broadcast_elsewhere(
-            (await db.scalars(select(Node).where(Node.name != node))).all(), now
-        )
+        elsewhere = _held_elsewhere((await db.scalars(select(Node).where(Node.name != node))).all())
         for session in left:
-            if session.id in elsewhere:
-                log.warning(
-                    "session %s is live on another origin (%s): left as it is; two origins "
-                    "on one record store is a mistake",
-                    session.id,
-                    elsewhere[session.id],
-                )
-                continue
+            holder = elsewhere.get(session.id)
+            last_seen = seen
+            if holder is not None:
+                if now - as_utc(holder.seen_at) <= OFFLINE_AFTER:
+                    log.warning(
+                        "session %s is live on another origin (%s): left as it is; two "
+                        "origins on one record store is a mistake",
+                        session.id,
+                        holder.name,
+                    )
+                    continue
+                last_seen = as_utc(holder.seen_at)  # that origin's last sign, not ours
             last = await db.scalar(
                 select(AttendanceEvent.payload)
                 .where(
@@ -227,7 +232,7 @@ async def pause_broadcasts_left_live(store: Store, clock: Clock, node: str) -> l
             recorded = await db.scalar(
                 select(func.max(Recording.ended_at)).where(Recording.session_id == session.id)
             )
-            at = paused_at(live_at, [seen, as_utc(recorded) if recorded else None], now)
+            at = paused_at(live_at, [last_seen, as_utc(recorded) if recorded else None], now)
             session.state = SessionState.PAUSED
             await record_admin_event(
                 db,

@@ -217,7 +217,7 @@ async def _pass_on(request: web.Request, base_url: str) -> web.Response:
     try:
         async with request.config_dict[PEER_HTTP].request(
             request.method,
-            base_url + request.rel_url.path_qs,
+            base_url + request.rel_url.raw_path_qs,
             data=body,
             headers=headers,
             timeout=aiohttp.ClientTimeout(total=PROXY_TIMEOUT_S),

@@ -160,7 +160,8 @@ async def test_sessions_left_live_are_paused_as_of_the_last_sign_and_only_once(
     ]
 
     # The broadcaster comes back and the process dies again; the next start pauses it as of
-    # the last report, and ``held`` too now (its origin has been silent for 102 s).
+    # the last report, and ``held`` too now (its origin has been silent for 102 s), as of that
+    # origin's last report.
     recorder = BroadcastStateRecorder(store, clock)
     recorder.start()
     clock.now = at(660)
@@ -174,7 +175,7 @@ async def test_sessions_left_live_are_paused_as_of_the_last_sign_and_only_once(
     again = await pause_broadcasts_left_live(store, clock, "origin")
     assert [(d.session_id, d.live_at, d.paused_at) for d in again] == [
         (recorded, at(660), at(690)),
-        (held, at(0), at(690)),
+        (held, at(0), at(598)),  # as of its own origin's last report
     ]
     assert _live_seconds(await _broadcast_changes(store, recorded), at(700)) == 42.0 + 30.0
     clock.now = at(701)

@@ -977,6 +977,16 @@ async def test_a_reconnect_of_a_broadcaster_taken_over_is_refused(
         status, _ = await answer(stage, "POST", whip, data=offer, auth=token)
         assert status == 201
         assert stage.hub.broadcasters_seen == 5
+        # A connection the relay dropped (a device cut off for long), then a new start: the
+        # dropped one's reconnect is refused too, not handed the session back.
+        dropped = stage.hub.ingest
+        assert dropped is not None
+        await dropped.close()
+        await wait_for(lambda: stage.hub.ingest is None, 5, "the relay to drop the connection")
+        status, _ = await answer(stage, "POST", whip, data=offer, auth=token)
+        assert status == 201
+        status, body = await reconnect(f"reconnect={dropped.resource_id}")
+        assert (status, body["error"]) == (409, "taken_over"), body
 
 
 # --- defects found by these tests, fixed since ----------------------------------------------

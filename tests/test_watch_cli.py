@@ -48,7 +48,7 @@ from client.clip import draw_frame, read_frame_number
 from client.liveness import Liveness, Verdict
 from client.publisher import SignallingError, retry_after_seconds
 from client.screen import CheckinCode, compose
-from client.watch import Target, WatchError, judge, parse_target
+from client.watch import MAX_RETRY_AFTER_S, Target, Watcher, WatchError, judge, parse_target
 from server.relay.ice import advertise_addresses
 from server.tokens import TokenRole, issue
 
@@ -217,8 +217,20 @@ def test_retry_after_is_read_as_seconds_or_as_a_date() -> None:
     assert retry_after_seconds(" 5 ", now) == 5.0
     assert retry_after_seconds("Mon, 07 Dec 2026 22:01:30 GMT", now) == 90.0
     assert retry_after_seconds("Mon, 07 Dec 2026 21:00:00 GMT", now) == 0.0  # already past
+    assert retry_after_seconds("9" * 5000, now) == 365 * 86_400  # absurd, not a crash
     for unreadable in (None, "", "soon", "-5", "1.5", "\u0663\u0660"):  # "٣٠": digits, not ASCII
         assert retry_after_seconds(unreadable, now) is None, unreadable
+
+
+def test_a_long_retry_after_is_capped_and_a_short_one_does_not_shorten_the_backoff() -> None:
+    said: list[str] = []
+    player = Watcher(None, parse_target("http://h/whep/1", "x"), "x", say=said.append)  # type: ignore[arg-type]
+    player._retry_after = 3600.0
+    assert player._next_wait(1.0) == MAX_RETRY_AFTER_S == 150.0
+    assert said and said[0].startswith("the server asked to try again in 150 s")
+    player._retry_after = 0.5
+    assert player._next_wait(4.0) == 4.0
+    assert player._next_wait(2.0) == 2.0  # asked once, for the next attempt only
 
 
 def test_sound_is_buffered_briefly_and_converted_to_s16_stereo() -> None:

@@ -241,6 +241,11 @@ async def _run_console(
     await page.click("#publish-stop")
     await page.locator("#publish-state[data-state=stopped]").wait_for(timeout=WAIT_MS)
     await page.click("#end-session")
+    await page.click("#end-no")  # changed one's mind: the prompt closes, nothing ends
+    await page.locator("#end-confirm").wait_for(state="hidden", timeout=WAIT_MS)
+    async with http.get(f"{base}/api/sessions/{session_id}") as r:
+        assert (await r.json())["state"] != "ended"
+    await page.click("#end-session")
     await page.click("#end-yes")
     await page.locator("#s-state.is-ended").wait_for(timeout=WAIT_MS)
     async with http.get(f"{base}/api/sessions/{session_id}") as r:

@@ -588,8 +588,7 @@ $('end-session').addEventListener('click', () => {
   $('end-confirm').hidden = false;
 });
 $('end-no').addEventListener('click', () => {
-  // An open "end for everyone?" prompt stays open through other state changes.
-  if (ended) $('end-confirm').hidden = true;
+  $('end-confirm').hidden = true;
 });
 $('end-yes').addEventListener('click', endSession);
 $('preview-start').addEventListener('click', startPreview);

@@ -3,7 +3,7 @@
 // and hand in a study note. Everything a member sends goes through the outbox, so a bad
 // connection delays it but never loses it.
 import { api } from './api.js';
-import { initI18n, language, onLanguageChange, t } from './i18n.js';
+import { initI18n, onLanguageChange, t } from './i18n.js';
 import { TEXT } from './member-text.js';
 import {
   makeupFigures,

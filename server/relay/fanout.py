@@ -87,6 +87,9 @@ class SessionRelay:
         self.overload = OverloadGuard(behind_bytes)
         self._shedding: set[str] = set()  # viewers being closed for it
         self.taken_over: dict[str, float] = {}  # resource id -> when (monotonic), oldest first
+        # The source that ended last while none replaced it: a new broadcaster displaces it as
+        # it would a live one (a device cut off for long must not take the session back).
+        self._last_source: str | None = None
 
     # -- broadcaster --------------------------------------------------------------------------
 
@@ -120,10 +123,11 @@ class SessionRelay:
         except BaseException:
             await ingest.close()
             raise
-        previous = self.ingest
+        displaced = self.ingest.resource_id if self.ingest is not None else self._last_source
         await self.take_source(ingest)
-        if previous is not None and previous.resource_id != reconnect:
-            self.taken_over[previous.resource_id] = time.monotonic()
+        self._last_source = None
+        if displaced is not None and displaced != reconnect:
+            self.taken_over[displaced] = time.monotonic()
             while len(self.taken_over) > TAKEN_OVER_KEPT:
                 del self.taken_over[next(iter(self.taken_over))]
         return ingest.resource_id, answer
@@ -168,6 +172,7 @@ class SessionRelay:
         self._tell_taps("broadcaster_gone", ingest.epoch)
         if ingest is self.ingest:
             self.ingest = None
+            self._last_source = ingest.resource_id
             if self.state == "live":
                 self._set_state("paused")
 
