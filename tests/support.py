@@ -8,7 +8,10 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from sqlalchemy import select
 
+from attendance.models import AttendanceEvent
+from attendance.store import Store
 from server.settings import Settings
 
 Client = TestClient[web.Request, web.Application]
@@ -30,3 +33,14 @@ class FakeClock:
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     """Settings for a test app: no .env, data under tmp_path."""
     return Settings(_env_file=None, data_dir=tmp_path / "data", **overrides)
+
+
+async def broadcast_changes(store: Store, session_id: int) -> list[dict[str, Any]]:
+    """The session's broadcast state changes as recorded (payloads: state, at, ...), in order."""
+    async with store.read() as db:
+        rows = await db.scalars(
+            select(AttendanceEvent.payload)
+            .where(AttendanceEvent.session_id == session_id, AttendanceEvent.kind == "broadcast")
+            .order_by(AttendanceEvent.id)
+        )
+        return [dict(r) for r in rows]

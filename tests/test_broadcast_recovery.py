@@ -15,13 +15,12 @@ from typing import Any
 
 from relay_support import create_study_session
 from sqlalchemy import select
-from support import FakeClock
+from support import FakeClock, broadcast_changes
 
 from attendance import intervals
 from attendance.audit import verify_chains
 from attendance.models import (
     AdminEvent,
-    AttendanceEvent,
     Node,
     Recording,
     SessionState,
@@ -54,16 +53,6 @@ def test_the_pause_is_the_last_sign_of_the_run_never_before_live_nor_after_now()
     assert paused_at(at(0), [None, None], now) == now
     assert paused_at(None, [], now) == now
     assert paused_at(None, [at(40)], now) == at(40)
-
-
-async def _broadcast_changes(store: Store, session_id: int) -> list[dict[str, Any]]:
-    async with store.read() as db:
-        rows = await db.scalars(
-            select(AttendanceEvent.payload)
-            .where(AttendanceEvent.session_id == session_id, AttendanceEvent.kind == "broadcast")
-            .order_by(AttendanceEvent.id)
-        )
-        return [dict(r) for r in rows]
 
 
 async def _state(store: Store, session_id: int) -> SessionState:
@@ -140,11 +129,11 @@ async def test_sessions_left_live_are_paused_as_of_the_last_sign_and_only_once(
         SessionState.LIVE,
         SessionState.PAUSED,
     ]
-    changes = await _broadcast_changes(store, recorded)
+    changes = await broadcast_changes(store, recorded)
     assert changes[-1] == {"state": "paused", "at": at(42).isoformat(), "reason": RESTART_REASON}
     assert _live_seconds(changes, at(600)) == 42.0  # not 600
-    assert _live_seconds(await _broadcast_changes(store, reported), at(600)) == 40.0
-    assert len(await _broadcast_changes(store, paused)) == 2  # live, paused: untouched
+    assert _live_seconds(await broadcast_changes(store, reported), at(600)) == 40.0
+    assert len(await broadcast_changes(store, paused)) == 2  # live, paused: untouched
     async with store.read() as db:
         trail = (
             await db.scalars(
@@ -177,7 +166,7 @@ async def test_sessions_left_live_are_paused_as_of_the_last_sign_and_only_once(
         (recorded, at(660), at(690)),
         (held, at(0), at(598)),  # as of its own origin's last report
     ]
-    assert _live_seconds(await _broadcast_changes(store, recorded), at(700)) == 42.0 + 30.0
+    assert _live_seconds(await broadcast_changes(store, recorded), at(700)) == 42.0 + 30.0
     clock.now = at(701)
     assert await pause_broadcasts_left_live(store, clock, "origin") == []
     assert (await verify_chains(store, now=at(701))).ok

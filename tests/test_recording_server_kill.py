@@ -31,8 +31,9 @@ import av
 import pytest
 from relay_support import CLIP_FPS, PASSWORD, shared_clip, wait_for
 from sqlalchemy import select
+from support import broadcast_changes
 
-from attendance.models import AttendanceEvent, Recording
+from attendance.models import Recording
 from attendance.store import Store
 from client.clip import read_frame_number
 from client.publisher import publish
@@ -169,22 +170,6 @@ async def running_server(place: Place, name: str) -> AsyncIterator[Server]:
     finally:
         await server.stop()
         log.close()
-
-
-async def broadcast_changes(database_url: str, session_id: int) -> list[dict[str, Any]]:
-    store = Store(database_url)
-    try:
-        async with store.read() as db:
-            rows = await db.scalars(
-                select(AttendanceEvent.payload)
-                .where(
-                    AttendanceEvent.session_id == session_id, AttendanceEvent.kind == "broadcast"
-                )
-                .order_by(AttendanceEvent.id)
-            )
-            return [dict(r) for r in rows]
-    finally:
-        await store.close()
 
 
 async def catalogue_rows(database_url: str, session_id: int) -> list[Recording]:
@@ -346,7 +331,11 @@ async def test_a_server_killed_mid_recording_leaves_a_readable_file_completed_on
     # The broadcast the kill left live is paused as of its last sign (the recording's end, or
     # the node's last report), before the kill and not at the next start.
     assert state_after == "paused"
-    changes = await broadcast_changes(database_url, session_id)
+    store = Store(database_url)
+    try:
+        changes = await broadcast_changes(store, session_id)
+    finally:
+        await store.close()
     assert [c["state"] for c in changes] == ["live", "paused"], changes
     assert changes[1]["reason"] == RESTART_REASON
     paused_at = datetime.fromisoformat(changes[1]["at"])

@@ -285,11 +285,11 @@ async def test_a_broadcast_taken_over_by_another_device_says_so_and_is_taken_bac
 
         await page.click("#publish-start")
         await page.locator("#publish-state[data-state=live]").wait_for(timeout=WAIT_MS)
-        await poll(
-            lambda: _true_after(broadcaster(), lambda s: s["broadcaster"] is not None),
-            20,
-            "the console's broadcast",
-        )
+
+        async def broadcasting() -> bool:
+            return (await broadcaster())["broadcaster"] is not None
+
+        await poll(broadcasting, 20, "the console's broadcast")
         seen_before = (await broadcaster())["broadcasters_seen"]
 
         other = await publish(whip_url, whip_token, shared_clip("h264"), http=http)
@@ -320,12 +320,6 @@ async def test_a_broadcast_taken_over_by_another_device_says_so_and_is_taken_bac
             await other.pc.close()
         await context.close()
     assert errors == [], errors
-
-
-async def _true_after(
-    pending: Awaitable[dict[str, Any]], check: Callable[[dict[str, Any]], bool]
-) -> bool:
-    return check(await pending)
 
 
 async def _true(value: bool) -> bool:
