@@ -14,7 +14,9 @@ machine it runs on: it counts frames from the RTP headers SRTP leaves in clear, 
 nothing.
 
 ``run_loadtest`` spreads viewers over spawned processes, ramps them up, watches, closes them
-(DELETE on the resource, then the peer) and returns a JSON-ready summary.
+(DELETE on the resource, then the peer) and returns a JSON-ready summary. A viewer that a full
+node or one behind live refuses (503 with ``Retry-After``) tries again after that delay, as the
+pages and ``studycast watch`` do, while the test lasts; the summary counts those refusals.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import queue
 import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,7 @@ from aiortc import RTCPeerConnection, RTCSessionDescription
 from attendance.errors import InvalidInput
 from client.publisher import (
     DEFAULT_REQUEST_TIMEOUT,
+    MAX_RETRY_AFTER_S,
     SignallingError,
     delete_resource,
     post_offer,
@@ -50,6 +53,9 @@ MAX_PROCS = 32
 DEFAULT_RAMP_PER_SECOND = 20.0
 SPAWN_ALLOWANCE = 30.0  # a spawned process imports aiortc and av before its first viewer
 CLOSE_ALLOWANCE = 20.0
+MIN_RETRY_S = 1.0  # between a refused offer and the next, whatever the server asked
+
+Sleep = Callable[[float], Awaitable[None]]
 
 # --- one viewer -----------------------------------------------------------------------------
 
@@ -76,6 +82,8 @@ class CountingViewer:
         self.stopped_at: float | None = None
         self.error: str | None = None
         self.close_error: str | None = None
+        self.refusals = 0  # offers refused with a Retry-After before this viewer joined
+        self.waited_s = 0.0  # how long it waited for them
         self._token = token
         self._http = http
         self._request_timeout = request_timeout
@@ -103,6 +111,15 @@ class CountingViewer:
         codecs = payload_codecs(answer)
         self.audio.codecs, self.video.codecs = codecs["audio"], codecs["video"]
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+    async def refused(self, wait: float) -> None:
+        """The last offer was refused, to be tried again in ``wait`` seconds: its peer is closed
+        and a later ``start()`` begins afresh."""
+        self.refusals += 1
+        self.waited_s += wait
+        pc, self.pc, self.posted_at = self.pc, None, None
+        if pc is not None:
+            await pc.close()
 
     async def close(self) -> None:
         """DELETE the WHEP resource (if we got one) and close the peer; idempotent."""
@@ -144,6 +161,8 @@ class CountingViewer:
         return {
             "joined": self.answered_at is not None,
             "error": self.error,
+            "refusals": self.refusals,
+            "waited_seconds": round(self.waited_s, 3),
             "close_error": self.close_error,
             "connection": self.pc.connectionState if self.pc is not None else "new",
             "answer_ms": _ms(self.posted_at, self.answered_at),
@@ -172,12 +191,15 @@ async def watch(
     *,
     ramp_per_second: float = DEFAULT_RAMP_PER_SECOND,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+    sleep: Sleep = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[dict[str, Any]]:
     """Run ``viewers`` counting viewers here: join at the ramp rate, watch ``seconds`` after the
-    ramp, close them all. Returns each viewer's ``result()``."""
-    clock = time.monotonic
+    ramp, close them all. Returns each viewer's ``result()``. ``sleep`` is how a refused viewer
+    waits out the server's ``Retry-After``; ``clock`` times the test and the viewers."""
     started = clock()
     ramp = viewers / ramp_per_second
+    until = started + ramp + seconds
     joins: list[asyncio.Task[None]] = []
     crowd: list[CountingViewer] = []
     connector = aiohttp.TCPConnector(limit=0)
@@ -189,8 +211,12 @@ async def watch(
                     whep_url, token, http=http, request_timeout=request_timeout, clock=clock
                 )
                 crowd.append(viewer)
-                joins.append(asyncio.create_task(_join(viewer)))
-            await asyncio.sleep(max(0.0, started + ramp + seconds - clock()))
+                joins.append(
+                    asyncio.create_task(_join(viewer, until=until, sleep=sleep, clock=clock))
+                )
+            # The clock is read again each second (a test's clock jumps over refusal waits).
+            while (left := until - clock()) > 0:  # noqa: ASYNC110 (nothing to wait on but time)
+                await asyncio.sleep(min(left, 1.0))
             for viewer, join in zip(crowd, joins, strict=True):
                 viewer.stop_counting()
                 if not join.done():
@@ -210,13 +236,35 @@ async def watch(
     return results
 
 
-async def _join(viewer: CountingViewer) -> None:
-    try:
-        await viewer.start()
-    except SignallingError as exc:
-        viewer.error = str(exc)
-    except Exception as exc:  # one broken viewer must not end the test
-        viewer.error = f"{type(exc).__name__}: {exc}"
+async def _join(
+    viewer: CountingViewer, *, until: float, sleep: Sleep, clock: Callable[[], float]
+) -> None:
+    """Start ``viewer``; after a refusal with a ``Retry-After`` (a full node, one behind live)
+    wait that long, at most ``MAX_RETRY_AFTER_S``, and offer again, unless the wait would end
+    after ``until`` (the end of the test)."""
+    while True:
+        try:
+            await viewer.start()
+            return
+        except SignallingError as exc:
+            wait = retry_wait(exc)
+            if wait is None or clock() + wait >= until:
+                viewer.error = str(exc)
+                return
+            await viewer.refused(wait)
+            await sleep(wait)
+        except Exception as exc:  # one broken viewer must not end the test
+            viewer.error = f"{type(exc).__name__}: {exc}"
+            return
+
+
+def retry_wait(exc: SignallingError) -> float | None:
+    """How long to wait before offering again after ``exc``; None: do not try again. Only a
+    503 that says when (``Retry-After``) is worth waiting for: anything else is a real error.
+    At least ``MIN_RETRY_S``: a "Retry-After: 0" must not make a viewer offer in a busy loop."""
+    if exc.status != 503 or exc.retry_after is None:
+        return None
+    return max(MIN_RETRY_S, min(exc.retry_after, MAX_RETRY_AFTER_S))
 
 
 # --- many processes -------------------------------------------------------------------------
@@ -415,6 +463,10 @@ def summarise(
         "viewers_requested": requested,
         "viewers_joined": len(joined),
         "viewers_with_video": sum(1 for r in joined if r["video"]["frames"] > 0),
+        # Offers a full or lagging node refused with a Retry-After, and the viewers that joined
+        # after waiting them out.
+        "refusals": sum(int(r["refusals"]) for r in results),
+        "viewers_joined_after_refusal": sum(1 for r in joined if r["refusals"]),
         "procs": procs,
         "seconds": seconds,
         "wall_seconds": round(wall_seconds, 2),

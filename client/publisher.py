@@ -47,6 +47,7 @@ H264_PROFILE_LEVEL_ID = "42e01f"  # constrained baseline 3.1: what make_clip pro
 DEFAULT_MAX_LAG = 0.5  # seconds late before a schedule moves instead of bursting
 DEFAULT_REQUEST_TIMEOUT = 10.0
 YEAR_S = 365 * 86_400
+MAX_RETRY_AFTER_S = 150.0  # the longest Retry-After a player waits (whep.js: 5 x 30 s)
 
 
 class SignallingError(StudycastError):

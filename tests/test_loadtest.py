@@ -10,7 +10,9 @@ import json
 import threading
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime
 from fractions import Fraction
+from pathlib import Path
 
 import aiohttp
 import av
@@ -22,8 +24,10 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RtpPacket
 from click.testing import CliRunner
+from relay_support import relay_stage
 from whep_support import TOKEN, WAIT, WhepEndpoint, eventually, remote_reports, whep_endpoint
 
+from attendance.store import Store
 from client import loadtest as lt
 from client.clip import EncodedClip, make_clip
 from client.loadtest import CountingViewer, run_loadtest
@@ -33,6 +37,7 @@ from client.publisher import (
 from client.stream_counter import StreamCounter, install_counter, is_keyframe_start
 from server.cli.loadtest import loadtest
 from server.relay.ice import advertise_addresses, rtc_configuration
+from server.whip import RETRY_AFTER_FULL_S
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -259,6 +264,79 @@ async def test_run_loadtest_spreads_viewers_over_processes(whep: WhepEndpoint) -
     assert result["totals"]["audio"]["frames"] >= 6 * 3 * 50 * 0.5
     assert sorted(whep.deleted) == sorted(whep.served) and len(whep.served) == 6
     assert all(s.pc.connectionState == "closed" for s in whep.served.values())
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_viewer_a_full_node_refuses_waits_as_asked_then_joins(
+    store: Store, tmp_path: Path, now: datetime
+) -> None:
+    """As the pages and ``studycast watch`` do: a 503 with Retry-After is waited out, not
+    counted as a failed viewer, while the test lasts."""
+    async with relay_stage(store, tmp_path, now, "vp8", max_viewers=1) as stage:
+        await stage.publish()
+        first = await stage.watch(connect=False)  # the node's one place
+        waits: list[float] = []
+        skipped = [0.0]  # the waits are not slept: the test's clock jumps over them
+
+        async def sleep(seconds: float) -> None:
+            waits.append(seconds)
+            skipped[0] += seconds
+            if len(waits) == 1:  # the place frees while the viewer waits
+                await first.hang_up(stage.http, stage.viewer_token)
+
+        def clock() -> float:
+            return time.monotonic() + skipped[0]
+
+        url = stage.url(f"/whep/{stage.session_id}")
+        # 33 s of test: the 30 s the node asks for fit in it, and 3 s are left to watch.
+        (result,) = await asyncio.wait_for(
+            lt.watch(url, stage.viewer_token, 1, 33.0, sleep=sleep, clock=clock), 30
+        )
+    assert waits == [RETRY_AFTER_FULL_S]
+    assert (result["refusals"], result["waited_seconds"], result["error"]) == (1, 30.0, None)
+    assert result["joined"] and result["video"]["frames"] > 0
+    summary = lt.summarise(
+        [{"worker": 0, "viewers": [result]}],
+        whep_url=url,
+        requested=1,
+        seconds=40,
+        procs=1,
+        wall_seconds=1.0,
+    )
+    assert (summary["refusals"], summary["viewers_joined_after_refusal"]) == (1, 1)
+    assert summary["errors"] == {}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_a_refusal_whose_wait_outlasts_the_test_is_the_viewers_error(
+    store: Store, tmp_path: Path, now: datetime
+) -> None:
+    async with relay_stage(store, tmp_path, now, "vp8", max_viewers=1) as stage:
+        await stage.watch(connect=False)
+        waits: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            waits.append(seconds)
+
+        url = stage.url(f"/whep/{stage.session_id}")
+        # 2 s of test: the node's 30 s would end after it, so the viewer gives up at once.
+        (result,) = await asyncio.wait_for(
+            lt.watch(url, stage.viewer_token, 1, 2.0, sleep=sleep), 30
+        )
+    assert waits == [] and result["refusals"] == 0 and not result["joined"]
+    assert result["error"].startswith("HTTP 503 overloaded")
+
+
+def test_only_a_503_that_says_when_is_waited_for() -> None:
+    def refusal(status: int | None, retry_after: float | None) -> SignallingError:
+        return SignallingError("x", status=status, code="overloaded", retry_after=retry_after)
+
+    assert lt.retry_wait(refusal(503, 5.0)) == 5.0
+    assert lt.retry_wait(refusal(503, 3600.0)) == lt.MAX_RETRY_AFTER_S == 150.0
+    assert lt.retry_wait(refusal(503, 0.0)) == lt.MIN_RETRY_S == 1.0  # never a busy loop
+    assert lt.retry_wait(refusal(503, None)) is None  # no Retry-After: not worth waiting
+    assert lt.retry_wait(refusal(429, 5.0)) is None
+    assert lt.retry_wait(refusal(None, None)) is None  # unreachable, timed out
 
 
 def test_summary_counts_errors_and_lost_workers() -> None:

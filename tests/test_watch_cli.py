@@ -46,9 +46,9 @@ from client.audio import (
 )
 from client.clip import draw_frame, read_frame_number
 from client.liveness import Liveness, Verdict
-from client.publisher import SignallingError, retry_after_seconds
+from client.publisher import MAX_RETRY_AFTER_S, SignallingError, retry_after_seconds
 from client.screen import CheckinCode, compose
-from client.watch import MAX_RETRY_AFTER_S, Target, Watcher, WatchError, judge, parse_target
+from client.watch import Target, Watcher, WatchError, judge, parse_target
 from server.relay.ice import advertise_addresses
 from server.tokens import TokenRole, issue
 
