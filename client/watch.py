@@ -45,16 +45,15 @@ from attendance.errors import StudycastError
 from client.audio import AudioSink, SilentSink, open_audio_output
 from client.liveness import Liveness, Verdict
 from client.outbox import Outbox
-from client.publisher import SignallingError, delete_resource, post_offer
+from client.publisher import MAX_RETRY_AFTER_S, SignallingError, delete_resource, post_offer
 from server.relay.ice import advertise_addresses, rtc_configuration
 
 log = logging.getLogger(__name__)
 
 FIRST_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 10.0
-# A server's Retry-After (a full node, one behind live) is honoured up to this long: a venue
-# screen does not sit out an hour because a misconfigured proxy asked it to.
-MAX_RETRY_AFTER_S = 150.0  # as the pages (whep.js: 5 x its 30 s backoff cap)
+# A server's Retry-After (a full node, one behind live) is honoured up to MAX_RETRY_AFTER_S: a
+# venue screen does not sit out an hour because a misconfigured proxy asked it to.
 HEARTBEAT_EVERY_S = 15.0
 STREAM_READ_TIMEOUT_S = 40.0  # the server pings the event stream every 15 s
 CLOSE_WITHIN_S = 3.0
@@ -341,8 +340,22 @@ class Watcher:
                 backoff = FIRST_BACKOFF_S if played else backoff
                 self._say(f"reconnecting: {self.liveness.reason}")
             self._set_state("connecting" if first else "reconnecting")
-            await self._sleep(self._next_wait(backoff))
+            if await self._pause(self._next_wait(backoff)):
+                self._set_state("ended")
+                return
             backoff = min(MAX_BACKOFF_S, backoff * 2)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Wait ``seconds`` before the next offer, or less if the session ends meanwhile (its
+        event stream says so): True if it did. A full node may ask for minutes."""
+        nap = asyncio.ensure_future(self._sleep(seconds))
+        try:
+            while not nap.done() and self.liveness.state != "ended":
+                await asyncio.wait({nap}, timeout=TICK_S)
+        finally:
+            nap.cancel()
+            await asyncio.gather(nap, return_exceptions=True)
+        return self.liveness.state == "ended"
 
     def _next_wait(self, backoff: float) -> float:
         """The backoff, or longer if the server's last refusal asked for it (Retry-After)."""

@@ -938,6 +938,31 @@ async def test_watch_waits_as_long_as_a_full_node_asks_then_plays(
 
 
 @SQLITE_ONLY
+async def test_watch_waiting_out_a_retry_after_stops_when_the_session_ends(
+    store: Store, tmp_path: Path, now: datetime
+) -> None:
+    """A full node asks for 30 s; the session ending meanwhile (as its event stream tells the
+    player) ends the watch at once, not after the wait."""
+    async with relay_stage(store, tmp_path, now, "vp8", max_viewers=1) as stage:
+        await stage.watch(connect=False)  # the node's one place
+        url = stage.url(f"/whep/{stage.session_id}")
+        player = Player(stage.http, parse_target(url, stage.viewer_token), stage.viewer_token)
+        task = asyncio.create_task(player.run())
+        try:
+            await wait_for(lambda: "503" in player.status.last_error, 10, "the refusal")
+            await asyncio.sleep(0.5)  # well into the 30 s wait
+            assert not task.done()
+            started = time.monotonic()
+            player.liveness.session_state("ended", started)  # what the event stream reports
+            await asyncio.wait_for(task, 5)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert time.monotonic() - started < 2
+        assert player.status.state == "ended"
+
+
+@SQLITE_ONLY
 async def test_a_reconnect_of_a_broadcaster_taken_over_is_refused(
     store: Store, tmp_path: Path, now: datetime
 ) -> None:
