@@ -257,7 +257,7 @@ async def test_a_broadcast_taken_over_by_another_device_says_so_and_is_taken_bac
 ) -> None:
     """Another broadcaster (here aiortc, as OBS would) takes the session from the console: the
     console does not take it back by itself (they would replace each other for ever), says why
-    in the page's language, and Go live takes it back."""
+    in the page's language, Go live takes it back, and Stop turns the camera off."""
     base = server.base
     context = await browser.new_context(locale="zh-CN")
     page = await context.new_page()
@@ -298,6 +298,7 @@ async def test_a_broadcast_taken_over_by_another_device_says_so_and_is_taken_bac
         await state.wait_for(timeout=30_000)
         assert "另一台设备接管了本次直播" in await state.inner_text()
         assert not await page.is_disabled("#publish-start")
+        assert not await page.is_disabled("#publish-stop")  # the camera is still on
         # It stays taken over: the other device keeps the session.
         await asyncio.sleep(4)
         assert await page.get_attribute("#publish-state", "data-state") == "taken_over"
@@ -315,6 +316,19 @@ async def test_a_broadcast_taken_over_by_another_device_says_so_and_is_taken_bac
             "the other device's connection to be closed",
         )
         assert (await broadcaster())["broadcasters_seen"] == seen_before + 2
+
+        # Taken over again, Stop turns the camera off and leaves the other device live.
+        await other.pc.close()
+        other = await publish(whip_url, whip_token, shared_clip("h264"), http=http)
+        await other.wait_connected(10)
+        await state.wait_for(timeout=30_000)
+        await page.click("#publish-stop")
+        await page.locator("#publish-state[data-state=stopped]").wait_for(timeout=WAIT_MS)
+        assert await page.evaluate("document.getElementById('preview').srcObject") is None
+        assert await page.is_disabled("#publish-stop")
+        await asyncio.sleep(1)
+        assert other.pc.connectionState == "connected"
+        assert (await broadcaster())["broadcaster"] is not None
     finally:
         if other is not None:
             await other.pc.close()

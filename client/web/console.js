@@ -448,7 +448,8 @@ function renderPublisher() {
   $('publish-state').textContent = t('console.pub.' + s, { detail: state.publishError?.detail || '' });
   $('publish-state').dataset.state = s;
   const active = state.publisher !== null && !['stopped', 'failed', 'taken_over'].includes(s);
-  $('publish-stop').disabled = !active;
+  // Failed or taken over, the camera is still on: Stop turns it off.
+  $('publish-stop').disabled = !active && !(state.publisher !== null && state.media !== null);
   $('publish-start').disabled = active || state.session?.state === 'ended';
   const st = state.publishStats;
   $('publish-stats').textContent =

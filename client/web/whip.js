@@ -154,6 +154,8 @@ export class WhipPublisher {
     this._stopStats();
     if (error instanceof WhipError && !error.retryable) {
       this._closePeer();
+      // Taken over, our resource no longer names the session's connection: nothing to DELETE.
+      if (error.code === 'taken_over') this.resource = null;
       this._setState(error.code === 'taken_over' ? 'taken_over' : 'failed', error);
       return;
     }
