@@ -172,10 +172,11 @@ async def capacity_run(
             rundir, f"origin-{tag}", db_url, workers, http, settings
         )
         try:
-            steps = max(1, 1 + (args.max_viewers - args.start) // args.step)
+            start = start_for(args, workers)
+            steps = max(1, 1 + (args.max_viewers - start) // args.step)
             plan = LoadPlan(
                 t0=time.monotonic() + LOAD_START_S,  # the load processes import aiortc first
-                counts=[args.start] + [args.step] * (steps - 1),
+                counts=[start] + [args.step] * (steps - 1),
                 interval=args.interval,
                 rate=MAX_JOIN_RATE,
                 settle=SETTLE_S,
@@ -446,6 +447,26 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def parse_start(text: str) -> dict[int, int]:
+    """``--start``: "150" (every W; key 0) or "1=360,2=660" (per W)."""
+    try:
+        if "=" not in text:
+            return {0: int(text)}
+        pairs = (item.split("=", 1) for item in text.split(","))
+        return {int(w): int(n) for w, n in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not N or W=N[,W=N]: {text!r}") from None
+
+
+def start_for(args: argparse.Namespace, workers: int) -> int:
+    starts: dict[int, int] = args.start
+    if workers in starts:
+        return starts[workers]
+    if 0 in starts:
+        return starts[0]
+    raise BenchError(f"--start names no first step for --workers {workers}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--postgres", help="server URL; a fresh database is made per run")
@@ -455,7 +476,13 @@ def main() -> None:
         default=[1, 2],
         help="worker counts to measure, in order (1,2)",
     )
-    parser.add_argument("--start", type=int, default=150, help="viewers in the first step (150)")
+    parser.add_argument(
+        "--start",
+        type=parse_start,
+        default={0: 150},
+        help="viewers in the first step: N for every W, or per W as 1=360,2=660 (150); a start "
+        "near each capacity makes the halves short, so the host's speed drifts less within one",
+    )
     parser.add_argument("--step", type=int, default=30, help="viewers added per step (30)")
     parser.add_argument("--interval", type=float, default=8.0, help="seconds per step (8)")
     parser.add_argument("--max-viewers", type=int, default=1500, help="last step at most (1500)")
@@ -508,8 +535,12 @@ def main() -> None:
 
     if not args.postgres:
         parser.error("--postgres is needed: more than one worker shares PostgreSQL")
-    if not (1 <= args.start <= 2000 and 1 <= args.step <= 500 and args.start <= args.max_viewers):
-        parser.error("--start 1..2000, --step 1..500, --start <= --max-viewers")
+    try:
+        starts = [start_for(args, w) for w in args.workers]
+    except BenchError as exc:
+        parser.error(str(exc))
+    if not (all(1 <= n <= args.max_viewers for n in starts) and 1 <= args.step <= 500):
+        parser.error("--start 1..--max-viewers for every W measured, --step 1..500")
     if not (args.max_viewers <= 2000 and 4 <= args.interval <= 60):
         parser.error("--max-viewers <= 2000, --interval 4..60")
     if not (0 < args.served_share <= 1 and 10 <= args.capacity_seconds <= 1200):

@@ -82,15 +82,23 @@ def lag_text(lags: dict[str, dict[str, Any]]) -> str:
 def capacity_summary(runs: list[dict[str, Any]]) -> Iterator[str]:
     for run in runs:
         yield capacity_line(run)
-    ones = [r for r in runs if r["workers"] == 1]
-    twos = [r for r in runs if r["workers"] == 2]
-    # Each W=2 run against the W=1 run just before it (``--workers 1,2,1,2``: two pairs).
+    # Halves that measured something: not one whose first step failed, nor one that broke.
+    ones = [r for r in runs if r["workers"] == 1 and r.get("capacity")]
+    twos = [r for r in runs if r["workers"] == 2 and r.get("capacity")]
+    # Runs side by side in order, a W=1 and a W=2 each: ``--workers 1,2,1,2`` and ``1,2,2,1``
+    # (which cancels a drift of the host's speed over the run) both give two pairs.
     pairs = []
-    for i, run in enumerate(runs):
-        if run["workers"] == 2:
-            before = [r for r in runs[:i] if r["workers"] == 1]
-            if before and before[-1]["capacity"]:
-                pairs.append((before[-1], run))
+    waiting: dict[str, Any] | None = None
+    for run in runs:
+        if waiting is not None and {waiting["workers"], run["workers"]} == {1, 2}:
+            one, two = (waiting, run) if waiting["workers"] == 1 else (run, waiting)
+            if one.get("capacity") and two.get("capacity"):
+                pairs.append((one, two))
+            else:  # a half whose first step failed (or that failed to run) measured nothing
+                yield "a pair left out: a half served not even its first step (start it lower)"
+            waiting = None
+        else:
+            waiting = run
     for n, (one, two) in enumerate(pairs, 1):
         c1, c2 = one["capacity"], two["capacity"]
         line = f"pair {n}: capacity(2) / capacity(1) = {c2}/{c1} = {c2 / c1:.2f}x"
@@ -98,7 +106,7 @@ def capacity_summary(runs: list[dict[str, Any]]) -> Iterator[str]:
         if k1 and k2:
             line += f"; keeping up (backlog <= {BEHIND_KB} KB): {k2}/{k1} = {k2 / k1:.2f}x"
         yield line
-    if ones and twos and sum(r["capacity"] for r in ones):
+    if ones and twos:
         c1 = sum(r["capacity"] for r in ones) / len(ones)
         c2 = sum(r["capacity"] for r in twos) / len(twos)
         ratio = c2 / c1
@@ -133,6 +141,8 @@ def capacity_summary(runs: list[dict[str, Any]]) -> Iterator[str]:
 
 
 def capacity_line(run: dict[str, Any]) -> str:
+    if "failed" in run:
+        return f"capacity(workers {run['workers']}): not measured, the half failed: {run['failed']}"
     best = run.get("at_capacity") or {}
     bound = (
         " (the run did not end on failed steps: a lower bound)"

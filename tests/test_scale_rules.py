@@ -11,6 +11,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
+from scale_report import capacity_summary
 from scale_rules import BEHIND_KB, capacity, failing
 from scale_sample import udp_backlog
 
@@ -77,3 +78,26 @@ def test_the_backlog_is_what_waits_unread_on_a_process_socket() -> None:
     finally:
         reader.close()
         writer.close()
+
+
+def test_runs_are_paired_side_by_side_in_either_order() -> None:
+    def run(workers: int, viewers: int) -> dict[str, Any]:
+        return {"workers": workers, "capacity": viewers, "steps": []}
+
+    def pairs(*runs: dict[str, Any]) -> list[str]:
+        return [line for line in capacity_summary(list(runs)) if line.startswith("pair ")]
+
+    abab = pairs(run(1, 300), run(2, 540), run(1, 330), run(2, 600))
+    assert [line.split(" = ")[1] for line in abab] == ["540/300", "600/330"]
+    abba = pairs(run(1, 300), run(2, 540), run(2, 600), run(1, 330))
+    assert [line.split(" = ")[1] for line in abba] == ["540/300", "600/330"]
+    # A half that served not even its first step (or broke) measured nothing: its pair and its
+    # figure are left out of the means, and the summary says so.
+    broken = {"workers": 2, "failed": "the publisher exited", "steps": []}
+    lines = list(
+        capacity_summary([run(1, 300), run(2, 0), run(2, 600), run(1, 330), run(1, 340), broken])
+    )
+    assert [line.split(" = ")[1] for line in lines if line.startswith("pair ")] == ["600/330"]
+    assert sum("a pair left out" in line for line in lines) == 2
+    (means,) = [line for line in lines if line.startswith("capacity(2) / capacity(1)")]
+    assert "= 600/323.333 = 1.86x" in means and "target >= 1.7x: met" in means
