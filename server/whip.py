@@ -174,7 +174,8 @@ async def whep_play(request: web.Request) -> web.Response:
         hub.overload.refuse()
         raise Overloaded(
             f"session {session_id} is behind live on this node "
-            f"({(hub.overload.backlog or 0) // 1024} KB of its media queued unread): "
+            f"({(hub.overload.backlog or 0) // 1024} KB of its media queued unread, the oldest "
+            f"for {hub.overload.waited_s or 0:.2f} s): "
             f"try again in {RETRY_AFTER_BEHIND_S} s",
             retry_after=RETRY_AFTER_BEHIND_S,
         )

@@ -22,10 +22,13 @@ from relay_support import relay_stage, wait_for
 from attendance.store import Store
 from client.publisher import SignallingError
 from server.relay.overload import (
+    BEHIND_S,
+    LATE_TICKS,
     SHED_AFTER_S,
     OverloadGuard,
     SocketQueue,
     newest_first,
+    oldest_wait,
     receive_queue,
 )
 
@@ -45,6 +48,24 @@ def test_behind_while_the_queue_is_over_the_threshold() -> None:
     assert guard.observe(SocketQueue(65 * KB, BIG), 0.5, 20) == 0 and guard.behind
     assert (guard.backlog, guard.limit) == (65 * KB, 64 * KB)
     assert guard.observe(SocketQueue(64 * KB, BIG), 1.0, 20) == 0 and not guard.behind
+
+
+def test_behind_while_the_oldest_datagram_has_waited_too_long_however_little_is_queued() -> None:
+    """A low-bitrate source half a second behind queues little: the wait decides."""
+    guard = OverloadGuard(256 * KB)
+    assert guard.observe(SocketQueue(40 * KB, BIG, BEHIND_S), 0.0, 20) == 0 and not guard.behind
+    # Late once (a keyframe's burst fanned out to many viewers): not yet.
+    assert guard.observe(SocketQueue(40 * KB, BIG, 0.4), 0.5, 20) == 0 and not guard.behind
+    assert guard.observe(SocketQueue(40 * KB, BIG, 0.1), 1.0, 20) == 0 and not guard.behind
+    assert LATE_TICKS == 2
+    assert guard.observe(SocketQueue(40 * KB, BIG, 0.4), 1.5, 20) == 0 and not guard.behind
+    assert guard.observe(SocketQueue(40 * KB, BIG, 0.5), 2.0, 20) == 0 and guard.behind
+    assert (guard.backlog, guard.waited_s) == (40 * KB, 0.5)
+    assert guard.observe(SocketQueue(50 * KB, BIG, 0.6), 2.0 + SHED_AFTER_S, 20) == 1
+    assert guard.observe(SocketQueue(0, BIG, 0.0), 5.0, 20) == 0 and not guard.behind
+    off = OverloadGuard(0)
+    assert [off.observe(SocketQueue(40 * KB, BIG, 9.0), t, 20) for t in (0, 1, 2, 3)] == [0] * 4
+    assert not off.behind
 
 
 def test_a_small_buffer_lowers_the_threshold_to_a_quarter_of_it() -> None:
@@ -131,6 +152,40 @@ def test_the_kernel_counts_what_a_socket_has_not_read() -> None:
         assert drained is not None and drained.queued < 50 * 1000
 
 
+@LINUX_ONLY
+def test_the_kernel_tells_how_long_the_oldest_datagram_has_waited() -> None:
+    with (
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver,
+        socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender,
+    ):
+        receiver.bind(("127.0.0.1", 0))
+        receiver.setblocking(False)  # as asyncio's are
+        assert receive_queue(receiver) == SocketQueue(
+            0, receiver.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF), 0.0
+        )
+        # The kernel turns stamping on shortly after the first socket asks (a deferred work
+        # item); until then a datagram is stamped when first read. Wait until probes show it.
+        for _ in range(50):
+            sender.sendto(b"probe", receiver.getsockname())
+            time.sleep(0.02)
+            stamped = oldest_wait(receiver) >= 0.02
+            receiver.recv(64)
+            if stamped:
+                break
+        else:
+            pytest.fail("the kernel never stamped a datagram on arrival")
+        sender.sendto(b"first", receiver.getsockname())
+        time.sleep(0.3)
+        sender.sendto(b"second", receiver.getsockname())
+        queue = receive_queue(receiver)
+        assert queue is not None and 0.3 <= queue.oldest_s < 2.0, queue
+        assert 0.3 <= oldest_wait(receiver) < 2.0
+        # Peeking takes nothing: the reader gets both, and then nothing waits.
+        assert [receiver.recv(64), receiver.recv(64)] == [b"first", b"second"]
+        drained = receive_queue(receiver)
+        assert drained is not None and drained.oldest_s == 0.0 and oldest_wait(receiver) == 0.0
+
+
 # --- a real relay -----------------------------------------------------------------------------
 
 
@@ -190,6 +245,38 @@ async def test_a_node_behind_live_refuses_viewers_until_it_keeps_up(
         r = await stage.client.get("/metrics")
         text = await r.text()
         assert 'studycast_relay_viewers_refused_behind_total{node="origin"} 1.0' in text
+
+
+@LINUX_ONLY
+@SQLITE_ONLY
+async def test_a_node_reading_its_source_late_is_behind_however_little_is_queued(
+    store: Store, tmp_path: Path, now: datetime
+) -> None:
+    """Datagrams far under the byte threshold that wait over ``BEHIND_S`` unread (the
+    relay's event loop held, as a relay short of CPU holds it): behind, and viewers are told
+    how late the node is."""
+    async with relay_stage(store, tmp_path, now, "vp8", behind_kb=4096) as stage:
+        publication = await stage.publish()
+        await publication.wait_connected()
+        hub = stage.hub
+        assert hub.ingest is not None
+        await wait_for(lambda: hub.overload.backlog is not None, 5, "a watch tick with media")
+        flood(source_address(hub.ingest), 100)  # ~230 KB as the kernel holds it
+        time.sleep(BEHIND_S + 0.15)  # noqa: ASYNC251 (holding the relay's loop is the point)
+        hub._watch_tick(time.monotonic())
+        assert not hub.overload.behind, "late at one tick: maybe a keyframe's burst"
+        hub._watch_tick(time.monotonic())  # and still at the next (nothing was read)
+        assert hub.overload.behind
+        assert hub.overload.limit is not None
+        assert 100 * 1200 <= (hub.overload.backlog or 0) < hub.overload.limit  # not by bytes
+        assert (hub.overload.waited_s or 0) > BEHIND_S
+        with pytest.raises(SignallingError) as refused:
+            await stage.watch(connect=False)
+        assert refused.value.status == 503 and "behind live" in refused.value.detail
+        assert f"the oldest for {hub.overload.waited_s:.2f} s" in refused.value.detail
+        await wait_for(lambda: not hub.overload.behind, 5, "the relay to catch up")
+        assert hub.stats()["source_waited_s"] < BEHIND_S
+        assert publication.pc.connectionState == "connected"
 
 
 @LINUX_ONLY

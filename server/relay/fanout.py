@@ -337,9 +337,11 @@ class SessionRelay:
         staying = (v for v in self.viewers.values() if v.resource_id not in self._shedding)
         chosen = newest_first(staying)[:count]
         log.warning(
-            "session %s: %s KB of its source queued, behind live: closing %d newest viewers",
+            "session %s: %s KB of its source queued (the oldest for %.2f s), behind live: "
+            "closing %d newest viewers",
             self.session_id,
             (self.overload.backlog or 0) // 1024,
+            self.overload.waited_s or 0.0,
             count,
         )
         for viewer in chosen:
@@ -396,6 +398,7 @@ class SessionRelay:
             "viewers": {"total": len(self.viewers), "by_kind": by_kind},
             "viewers_served": self.viewers_served,
             "source_backlog_bytes": self.overload.backlog,
+            "source_waited_s": self.overload.waited_s,
             "behind_live": self.overload.behind,
             "viewers_shed": self.overload.shed,
             "viewers_refused_behind": self.overload.refused,
