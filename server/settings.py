@@ -48,9 +48,9 @@ class Settings(BaseSettings):
         ge=0,
         le=1_000_000,
         description="a session whose source has more than this many KB (or a quarter of its "
-        "socket buffer) queued unread on a node, or a datagram waiting over 0.25 s, is behind "
-        "live there: the node refuses new viewers (503), and after 2 s closes its newest ones; "
-        "0: never",
+        "socket buffer) queued unread on a node, or a datagram waiting over 0.25 s for 1.5 s, is "
+        "behind live there: the node refuses new viewers (503), and after 2 s closes its newest "
+        "ones; 0: never",
     )
     login_ttl_hours: float = Field(12.0, gt=0, le=24 * 30)
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="largest request body accepted")

@@ -41,12 +41,14 @@ _TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux
 _PEEK = socket.MSG_PEEK | getattr(socket, "MSG_DONTWAIT", 0x40)
 
 # A source whose oldest unread datagram has waited longer than this at LATE_TICKS watch ticks
-# in a row is behind, whatever is queued: aioice fails a consent check that is not answered
-# within 0.5 s (its STUN timeout, sent once); half of that leaves room for the answer's own
-# way. One late tick is not enough: fanning a keyframe's burst of packets out to many viewers
-# delays the packets after it for a moment, and the relay still keeps up.
+# in a row (1.5 s and more) is behind, whatever is queued: aioice fails a consent check that is
+# not answered within 0.5 s (its STUN timeout, sent once), and ends the connection after six in
+# a row (~30 s); half of 0.5 s leaves room for the answer's own way. A moment late is not
+# behind: fanning a keyframe's burst out to hundreds of viewers delays the packets after it by
+# up to ~0.6 s on a process near its capacity, which then catches up (two ticks in a row
+# refused viewers there, at 90-95 % of a core).
 BEHIND_S = 0.25
-LATE_TICKS = 2
+LATE_TICKS = 4
 
 # Behind for this long in a row sheds viewers, and again each time as long again.
 SHED_AFTER_S = 2.0
