@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from scale_report import capacity_summary
@@ -101,3 +103,15 @@ def test_runs_are_paired_side_by_side_in_either_order() -> None:
     assert sum("a pair left out" in line for line in lines) == 2
     (means,) = [line for line in lines if line.startswith("capacity(2) / capacity(1)")]
     assert "= 600/323.333 = 1.86x" in means and "target >= 1.7x: met" in means
+
+
+def test_start_is_one_count_or_one_per_worker_count() -> None:
+    import argparse
+
+    from bench_scale import parse_start
+
+    assert parse_start("150") == {0: 150}
+    assert parse_start("1=420,2=720") == {1: 420, 2: 720}
+    for bad in ("1=a", "x", "1=420,2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="not N or W=N"):
+            parse_start(bad)
